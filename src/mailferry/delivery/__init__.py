@@ -1,1 +1,1 @@
-"""delivery"""
+"""Delivery: local Maildir (maildir.py) and, later, remote SMTP."""

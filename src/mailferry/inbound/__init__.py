@@ -1,1 +1,1 @@
-"""inbound"""
+"""The receiving side: listeners, sessions (SMTP over a socket) and the policy they consult."""

@@ -1,0 +1,112 @@
+"""The composition root: config → concrete objects → running tasks. Signals live here too.
+
+Only this module builds concrete collaborators (resolver, directory, store, txlog, runner);
+everything else receives them. SIGTERM/SIGINT: stop listening, tell open sessions 421, finish
+local deliveries in flight, flush the transaction log. SIGHUP: reopen the transaction log (after
+an outside rotation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from mailferry.config import Config
+from mailferry.dns.resolver import Resolver
+from mailferry.inbound.listener import ServerContext, start_listener
+from mailferry.inbound.policy import Policy
+from mailferry.queue.runner import Runner
+from mailferry.queue.store import QueueStore
+from mailferry.txlog.writer import TxLog
+from mailferry.verify.users import Directory
+
+log = logging.getLogger("mailferry")
+
+
+def _install_uvloop() -> str:
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+def serve(config: Config) -> int:
+    """Run the server until SIGTERM/SIGINT. Returns the process exit code."""
+    logging.basicConfig(level=os.environ.get("MAILFERRY_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    loop_name = _install_uvloop()
+    try:
+        return asyncio.run(_main(config, loop_name))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _main(config: Config, loop_name: str) -> int:
+    data = config.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    txlog = TxLog(config.log_dir, flush_interval=config.log.flush_interval)
+    directory = Directory(data / "users.db", config.domains.local)
+    resolver = Resolver(config.dns.nameservers, config.dns.timeout)
+    store = QueueStore(data / "queue")
+    runner = Runner(store, data / "mail", config.server.hostname, txlog)
+    ctx = ServerContext(config=config, txlog=txlog, policy=Policy(config, directory, resolver),
+                        store=store, runner=runner)
+    recovered = runner.recover()
+    runner.start()
+    servers = []
+    try:
+        for listener in config.listeners:
+            servers.append(await start_listener(ctx, listener))
+    except OSError as exc:
+        print(f"mailferry: error: cannot listen on {listener.host}:{listener.port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        await runner.stop()
+        txlog.close()
+        directory.close()
+        return 1
+
+    addresses = ", ".join(f"{lc.host}:{lc.port} ({lc.kind})" for lc in config.listeners)
+    txlog.system(f"mailferry started: listening on {addresses}; {recovered} queued message(s)"
+                 " recovered")
+    txlog.flush()
+    print(
+        "mailferry is running\n"
+        f"  listening on     {addresses}\n"
+        f"  hostname         {config.server.hostname}\n"
+        f"  local domains    {', '.join(directory.domains()) or '(none)'}\n"
+        f"  data directory   {data}\n"
+        f"  users database   {data / 'users.db'}\n"
+        f"  queue            {data / 'queue'}\n"
+        f"  mailboxes        {data / 'mail'}/<domain>/<user>/Maildir\n"
+        f"  transaction log  {config.log_dir / 'smtp'}/sYYYYMMDD.log\n"
+        f"  config           {config.source or '(embedded default)'}\n"
+        f"  event loop       {loop_name}\n"
+        "Add a mailbox with: mailferry user add alice@example.test",
+        flush=True,
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, txlog.reopen)
+    await stop.wait()
+
+    txlog.system("mailferry stopping")
+    for server in servers:
+        server.close()
+    for session in list(ctx.sessions):
+        session.shutdown()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(runner.wait_idle(), timeout=10)
+    await runner.stop()
+    txlog.system("mailferry stopped")
+    txlog.close()
+    directory.close()
+    return 0

@@ -1,0 +1,249 @@
+"""The server side of an SMTP session as a state machine, sans-I/O.
+
+Bytes go in with :meth:`ServerProtocol.feed`; events come out of :meth:`next_event`. Following
+OpenSMTPD, the machine *checks* every command (syntax, order, limits it owns) and answers the ones
+that need nothing else; MAIL, RCPT and DATA need a decision from policy, so they come out as events
+and the session *proceeds* by calling :meth:`accept_mail`, :meth:`accept_rcpt` or
+:meth:`begin_data`. A refused command changes nothing: the caller just sends the refusal.
+
+No sockets, files, clocks, DNS or policy here. The session does the I/O and the logging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mailferry import reply
+from mailferry.reply import Reply
+from mailferry.smtp.command import (
+    MailArgs,
+    RcptArgs,
+    check_line_chars,
+    parse_command,
+    parse_helo,
+    parse_mail,
+    parse_rcpt,
+)
+from mailferry.smtp.data import DataReader, Sink
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """The machine answered by itself. ``line`` is the command as received (None when no line was
+    complete, e.g. an over-long line); ``close`` asks the session to close after sending."""
+
+    line: str | None
+    reply: Reply
+    close: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MailRequest:
+    line: str
+    args: MailArgs
+
+
+@dataclass(frozen=True, slots=True)
+class RcptRequest:
+    line: str
+    args: RcptArgs
+
+
+@dataclass(frozen=True, slots=True)
+class DataRequest:
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEnd:
+    """End of data: the message went to the sink given to begin_data. ``error`` is the refusal
+    when the data itself broke a rule (size, bare newline, long line)."""
+
+    mail: MailArgs
+    rcpts: tuple[RcptArgs, ...]
+    size: int
+    raw: int
+    error: Reply | None
+
+
+Event = Answered | MailRequest | RcptRequest | DataRequest | MessageEnd
+
+
+@dataclass
+class Limits:
+    line_length: int = 2048
+    message_size: int = 26_214_400
+    recipients: int = 100
+    accept_long_lines: bool = False
+
+
+@dataclass
+class ServerProtocol:
+    hostname: str
+    client_ip: str
+    limits: Limits = field(default_factory=Limits)
+    helo_name: str | None = None
+    esmtp: bool = False
+    mail: MailArgs | None = None
+    rcpts: list[RcptArgs] = field(default_factory=list)
+    _buf: bytearray = field(default_factory=bytearray)
+    _data: DataReader | None = None
+    _skipping: bool = False  # discarding the rest of an over-long line
+
+    # --- input ----------------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    @property
+    def in_data(self) -> bool:
+        return self._data is not None
+
+    @property
+    def pending_input(self) -> bool:
+        return bool(self._buf)
+
+    def discard_input(self) -> None:
+        """Forget buffered input (after STARTTLS: what was pipelined in the clear must not run)."""
+        self._buf.clear()
+
+    def next_event(self) -> Event | None:
+        """The next event from buffered input, or None when more bytes are needed."""
+        if self._data is not None:
+            return self._next_data_event()
+        return self._next_command_event()
+
+    def _next_data_event(self) -> MessageEnd | None:
+        assert self._data is not None and self.mail is not None
+        if not self._buf:
+            return None
+        chunk = bytes(self._buf)
+        self._buf.clear()
+        rest = self._data.feed(chunk)
+        if rest is None:
+            return None
+        self._buf += rest
+        reader, self._data = self._data, None
+        event = MessageEnd(self.mail, tuple(self.rcpts), reader.size, reader.raw, reader.error)
+        self.reset()
+        return event
+
+    def _next_command_event(self) -> Event | None:
+        buf = self._buf
+        end = buf.find(b"\r\n")
+        limit = self.limits.line_length
+        if end < 0:
+            if len(buf) > limit:
+                # RFC 5321 §4.5.3.1.4: 500 for a line that is too long. Drop what we have and
+                # keep dropping until the end of that line, so its tail is not read as a command.
+                buf.clear()
+                was_skipping, self._skipping = self._skipping, True
+                return None if was_skipping else Answered(None, reply.LINE_TOO_LONG)
+            return None
+        raw = bytes(buf[:end])
+        del buf[: end + 2]
+        if self._skipping:
+            self._skipping = False
+            return self._next_command_event()
+        if end > limit:
+            return Answered(None, reply.LINE_TOO_LONG)
+        bad = check_line_chars(raw)
+        line = raw.decode("ascii", "backslashreplace")
+        if bad is not None:
+            return Answered(line, bad)
+        if "\r" in line or "\n" in line:
+            # A bare CR or LF inside a command: never treat it as a line end (SMTP smuggling).
+            return Answered(line.replace("\r", "\\r").replace("\n", "\\n"), reply.BARE_NEWLINE)
+        return self._dispatch(line)
+
+    # --- commands -------------------------------------------------------------------------
+    def _dispatch(self, line: str) -> Event:
+        cmd = parse_command(line)
+        if isinstance(cmd, Reply):
+            return Answered(line, cmd)
+        verb = cmd.verb
+        if verb == "EHLO" or verb == "HELO":
+            return Answered(line, self._helo(cmd.arg, esmtp=verb == "EHLO"))
+        if verb == "MAIL":
+            return self._check_mail(line, cmd.arg)
+        if verb == "RCPT":
+            return self._check_rcpt(line, cmd.arg)
+        if verb == "DATA":
+            if self.mail is None:
+                return Answered(line, reply.NEED_MAIL)
+            if not self.rcpts:
+                return Answered(line, reply.NEED_RCPT)
+            return DataRequest(line)
+        if verb == "RSET":
+            self.reset()
+            return Answered(line, reply.RESET)
+        if verb == "NOOP":
+            return Answered(line, reply.NOOP)
+        if verb == "QUIT":
+            return Answered(line, reply.closing(self.hostname), close=True)
+        if verb == "VRFY":
+            # RFC 5321 §3.5.3: 252 — never confirm or deny that a user exists.
+            return Answered(line, reply.VRFY)
+        if verb == "HELP":
+            return Answered(line, reply.HELP)
+        return Answered(line, reply.NOT_IMPLEMENTED)  # EXPN: never reveal list members
+
+    def extensions(self) -> list[str]:
+        return [
+            "PIPELINING",
+            f"SIZE {self.limits.message_size}",
+            "8BITMIME",
+            "ENHANCEDSTATUSCODES",
+            "HELP",
+        ]
+
+    def _helo(self, arg: str, *, esmtp: bool) -> Reply:
+        name = parse_helo(arg)
+        if isinstance(name, Reply):
+            return name
+        # RFC 5321 §4.1.4: EHLO/HELO also resets any transaction in progress.
+        self.reset()
+        self.helo_name = name
+        self.esmtp = esmtp
+        if esmtp:
+            return reply.ehlo(self.hostname, name, self.client_ip, self.extensions())
+        return reply.helo(self.hostname, name, self.client_ip)
+
+    def _check_mail(self, line: str, arg: str) -> Event:
+        if self.helo_name is None:
+            return Answered(line, reply.NEED_HELO)
+        if self.mail is not None:
+            return Answered(line, reply.NESTED_MAIL)
+        args = parse_mail(arg, max_size=self.limits.message_size)
+        if isinstance(args, Reply):
+            return Answered(line, args)
+        if not self.esmtp and (args.size is not None or args.body is not None):
+            return Answered(line, reply.UNKNOWN_PARAM)  # extensions were not offered via HELO
+        return MailRequest(line, args)
+
+    def _check_rcpt(self, line: str, arg: str) -> Event:
+        if self.mail is None:
+            return Answered(line, reply.NEED_MAIL)
+        args = parse_rcpt(arg)
+        if isinstance(args, Reply):
+            return Answered(line, args)
+        if len(self.rcpts) >= self.limits.recipients:
+            # RFC 5321 §4.5.3.1.10: 452 for too many recipients; the client sends the rest later.
+            return Answered(line, reply.TOO_MANY_RECIPIENTS)
+        return RcptRequest(line, args)
+
+    # --- decisions made by the session ------------------------------------------------------
+    def accept_mail(self, args: MailArgs) -> None:
+        self.mail = args
+        self.rcpts = []
+
+    def accept_rcpt(self, args: RcptArgs) -> None:
+        self.rcpts.append(args)
+
+    def begin_data(self, sink: Sink) -> None:
+        """Switch to DATA mode; the caller sends 354. The bytes go into ``sink``."""
+        self._data = DataReader(sink, self.limits.message_size,
+                                accept_long_lines=self.limits.accept_long_lines)
+
+    def reset(self) -> None:
+        self.mail = None
+        self.rcpts = []
