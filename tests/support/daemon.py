@@ -1,0 +1,177 @@
+"""Run a real ``mailferry serve`` as a subprocess for end-to-end tests.
+
+Each daemon gets its own data dir and a loopback address/port, is configured through a real TOML
+file (the same one a user would write), and is waited for by connecting to its port — never by
+sleeping. ``kill9()`` simulates a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None
+              ) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=0.5) as s:
+                s.recv(512)  # the banner: the server is really serving, not just bound
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"{host}:{port} not accepting connections after {timeout}s")
+
+
+def toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(path: Path, sections: dict[str, dict[str, object]]) -> Path:
+    lines = []
+    for name, keys in sections.items():
+        lines.append(f"[[{name[2:-2]}]]" if name.startswith("[[") else f"[{name}]")
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in keys.items())
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def mailferry(*args: str, check: bool = True, input: str | None = None
+              ) -> subprocess.CompletedProcess[str]:
+    """Run the real command line (``python -m mailferry.cli ...``)."""
+    return subprocess.run([sys.executable, "-m", "mailferry.cli", *args], capture_output=True,
+                          text=True, check=check, input=input, timeout=60)
+
+
+@dataclass
+class Daemon:
+    root: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    domains: tuple[str, ...] = ("example.test",)
+    hostname: str = "mx.example.test"
+    overrides: dict[str, dict[str, object]] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port(self.host)
+        sections: dict[str, dict[str, object]] = {
+            "server": {"hostname": self.hostname, "data_dir": "data"},
+            "[[listener]]": {"address": f"{self.host}:{self.port}"},
+            "domains": {"local": list(self.domains)},
+            "policy": {"sender_domain_check": False, "client_rdns": "off"},
+        }
+        for section, keys in self.overrides.items():
+            sections.setdefault(section, {}).update(keys)
+        self.config = write_config(self.root / "mailferry.toml", sections)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data / "log" / "smtp"
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return mailferry(*args, "--config", str(self.config), check=check)
+
+    def add_user(self, address: str) -> None:
+        self.cli("user", "add", address)
+
+    def start(self) -> Daemon:
+        self.stderr = open(self.root / "stderr.log", "ab")  # noqa: SIM115 - closed in stop
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailferry.cli", "serve", "--config", str(self.config)],
+            stdout=subprocess.PIPE, stderr=self.stderr, cwd=self.root,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        wait_port(self.host, self.port, proc=self.proc)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.stderr.close()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        return code
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def __enter__(self) -> Daemon:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
+
+    # --- looking at results ---------------------------------------------------------------------
+    def maildir(self, address: str) -> Path:
+        local, _, domain = address.partition("@")
+        return self.data / "mail" / domain / local.lower() / "Maildir"
+
+    def messages(self, address: str) -> list[Path]:
+        new = self.maildir(address) / "new"
+        return sorted(new.iterdir()) if new.exists() else []
+
+    def wait_messages(self, address: str, count: int, timeout: float = 20.0) -> list[Path]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.messages(address)
+            if len(found) >= count:
+                return found
+            time.sleep(0.05)
+        raise TimeoutError(f"{address}: {len(self.messages(address))} of {count} messages")
+
+    def log_text(self) -> str:
+        return "".join(p.read_text() for p in sorted(self.log_dir.glob("s*.log")))
+
+    def wait_log(self, needle: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_text() if self.log_dir.exists() else ""
+            if needle in text:
+                return text
+            time.sleep(0.05)
+        raise TimeoutError(f"{needle!r} not in the transaction log")
+
+    def queued(self) -> list[str]:
+        q = self.data / "queue" / "msg"
+        return sorted(p.name for p in q.iterdir()) if q.exists() else []
+
+
+def lines_of(path: Path) -> Iterator[str]:
+    yield from path.read_text().splitlines()
