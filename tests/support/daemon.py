@@ -168,6 +168,17 @@ class Daemon:
             time.sleep(0.05)
         raise TimeoutError(f"{needle!r} not in the transaction log")
 
+    def wait_line(self, *parts: str, timeout: float = 10.0) -> str:
+        """Wait for one log line containing every one of ``parts``; return that line."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_text() if self.log_dir.exists() else ""
+            for line in text.splitlines():
+                if all(p in line for p in parts):
+                    return line
+            time.sleep(0.05)
+        raise TimeoutError(f"no transaction log line with {parts!r}")
+
     def queued(self) -> list[str]:
         q = self.data / "queue" / "msg"
         return sorted(p.name for p in q.iterdir()) if q.exists() else []

@@ -13,6 +13,7 @@ Exceptions never reach the peer: the client gets ``451 4.3.0``, the log gets the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -280,6 +281,11 @@ class Session(asyncio.Protocol):
             helo=self.proto.helo_name or "" if self.proto is not None else "",
             size=event.size,
         )
+        if self._rdns is not None and not self._rdns.done():
+            # The Received header names the client's verified host: wait for the lookup that
+            # started at connect (bounded by [dns] timeout) rather than write "unknown".
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._rdns)
         header = self._received_header(accepted)
         body = spool.in_memory()  # kept for the runner: local delivery need not re-read the queue
         await ctx.store.commit(envelope, header, spool)
