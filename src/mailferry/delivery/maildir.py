@@ -50,8 +50,8 @@ def already_delivered(box: Mailbox, name: str) -> bool:
 
 
 def write_tmp(box: Mailbox, name: str, parts: list[bytes]) -> tuple[int, Path]:
-    """Write the message into tmp/ (not yet visible to readers). Returns the open fd to sync."""
-    box.ensure()
+    """Write the message into tmp/ (not yet visible to readers). Returns the open fd to sync.
+    The caller has made sure the Maildir exists (:meth:`Mailbox.ensure`)."""
     tmp = box.root / "tmp" / name
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

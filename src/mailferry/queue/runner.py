@@ -50,6 +50,7 @@ class Runner:
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._boxes: dict[str, maildir.Mailbox] = {}  # used by the worker thread only
 
     # --- feeding ----------------------------------------------------------------------------
     def submit(self, envelope: Envelope, message: bytes | None) -> None:
@@ -138,6 +139,17 @@ class Runner:
                 self._store.remove(job.envelope.msgid)
             # else: remote recipients remain queued for outbound delivery (issue 3)
 
+    def _mailbox(self, address: str) -> maildir.Mailbox:
+        """The recipient's Maildir, created on first use (cached: mkdir costs a journal handle)."""
+        box = self._boxes.get(address)
+        if box is None:
+            box = maildir.Mailbox.for_address(self._mail_root, address)
+            box.ensure()
+            if len(self._boxes) > 10_000:
+                self._boxes.clear()
+            self._boxes[address] = box
+        return box
+
     def _write_job(self, job: _Job, written: list[tuple[int, Path, maildir.Mailbox, str]]) -> None:
         env = job.envelope
         message = job.message
@@ -146,7 +158,7 @@ class Runner:
         for index, rcpt in enumerate(env.recipients):
             if not rcpt.local:
                 continue
-            box = maildir.Mailbox.for_address(self._mail_root, rcpt.address)
+            box = self._mailbox(rcpt.address)
             name = maildir.file_name(env.received_at, env.msgid, index, self._hostname)
             if job.recovering and maildir.already_delivered(box, name):
                 job.results.append((rcpt.address, "already in Maildir (delivered before restart)"))

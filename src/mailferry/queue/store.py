@@ -70,10 +70,11 @@ class Spool:
 
 @dataclass
 class _Pending:
-    fd: int
-    tmp: Path
-    final: Path
+    msgid: str
+    parts: list[bytes]
+    spool: Spool
     future: asyncio.Future[None]
+    error: OSError | None = None
 
 
 class QueueStore:
@@ -91,29 +92,19 @@ class QueueStore:
         return Spool(self.tmp / f"{msgid}.body")
 
     async def commit(self, envelope: Envelope, header: bytes, spool: Spool) -> None:
-        """Write envelope + header + body and return once it is durable (fsynced and renamed)."""
-        msgid = envelope.msgid
-        tmp = self.tmp / msgid
-        final = self.msg / msgid
-        # O_EXCL: a message ID collision must fail loudly, never overwrite a queued message.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            body = spool.in_memory()
-            if body is not None:
-                # One write call for the common small message; large ones go part by part.
-                _write_all(fd, [envelope.to_line() + header + body] if len(body) < 65536
-                           else [envelope.to_line(), header, body])
-            else:
-                _write_all(fd, [envelope.to_line(), header])
-                _copy_spilled(spool, fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            spool.discard()
-            raise
-        spool.discard()
+        """Write envelope + header + body and return once it is durable (fsynced and renamed).
+
+        All file work happens in the batch's worker thread: creating, renaming and syncing files
+        take ext4's journal, and doing them on the event loop would stall every other session
+        while another thread's fsync holds it.
+        """
+        body = spool.in_memory()
+        head = envelope.to_line() + header
+        parts = [head + body] if body is not None and len(body) < 65536 else [head]
+        if body is not None and len(body) >= 65536:
+            parts.append(body)
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(fd, tmp, final, future))
+        self._pending.append(_Pending(envelope.msgid, parts, spool, future))
         if not self._committing:
             self._start_batch()
         await future
@@ -122,8 +113,7 @@ class QueueStore:
         batch, self._pending = self._pending, []
         self._committing = True
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(None, _sync_batch, [(p.fd, p.tmp, p.final) for p in batch],
-                                   self.msg)
+        job = loop.run_in_executor(None, self._sync_batch, batch)
         job.add_done_callback(lambda f: self._batch_done(f, batch))
 
     def _batch_done(self, job: asyncio.Future[None], batch: list[_Pending]) -> None:
@@ -132,12 +122,56 @@ class QueueStore:
         for p in batch:
             if p.future.done():
                 continue
-            if exc is not None:
-                p.future.set_exception(exc)
+            if p.error is not None or exc is not None:
+                p.future.set_exception(p.error or exc)  # type: ignore[arg-type]
             else:
                 p.future.set_result(None)
         if self._pending:
             self._start_batch()
+
+    def _sync_batch(self, batch: list[_Pending]) -> None:
+        """Worker thread: write every file of the batch, sync them, then publish them by rename.
+        A message whose write fails gets its own error; the others still commit."""
+        tmp_dir, msg_dir = str(self.tmp), str(self.msg)
+        opened: list[tuple[int, _Pending]] = []
+        try:
+            for p in batch:
+                # O_EXCL: a message ID collision must fail loudly, never overwrite a message.
+                path = f"{tmp_dir}/{p.msgid}"
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                except OSError as exc:
+                    p.error = exc
+                    p.spool.discard()
+                    continue
+                opened.append((fd, p))
+                try:
+                    _write_all(fd, p.parts)
+                    if p.spool.in_memory() is None:
+                        _copy_spilled(p.spool, fd)
+                except OSError as exc:
+                    p.error = exc
+            for fd, p in opened:
+                if p.error is None:
+                    try:
+                        os.fdatasync(fd)
+                    except OSError as exc:
+                        p.error = exc
+        finally:
+            for fd, p in opened:
+                os.close(fd)
+                p.spool.discard()
+        for _fd, p in opened:
+            src = f"{tmp_dir}/{p.msgid}"
+            if p.error is None:
+                try:
+                    os.rename(src, f"{msg_dir}/{p.msgid}")
+                    continue
+                except OSError as exc:
+                    p.error = exc
+            with contextlib.suppress(OSError):
+                os.unlink(src)
+        fsync_dir(self.msg)
 
     # --- reading and removing ----------------------------------------------------------------
     def path(self, msgid: str) -> Path:
@@ -172,19 +206,6 @@ def _copy_spilled(spool: Spool, fd: int) -> None:
     with open(spool._path, "rb") as src:
         while chunk := src.read(1 << 20):
             _write_all(fd, [chunk])
-
-
-def _sync_batch(items: list[tuple[int, Path, Path]], folder: Path) -> None:
-    """Runs in a worker thread: make every file of the batch durable, then publish them."""
-    try:
-        for fd, _tmp, _final in items:
-            os.fdatasync(fd)
-        for _fd, tmp, final in items:
-            os.rename(tmp, final)
-        fsync_dir(folder)
-    finally:
-        for fd, _tmp, _final in items:
-            os.close(fd)
 
 
 def fsync_dir(folder: Path) -> None:

@@ -86,7 +86,7 @@ def parse_mail(arg: str, *, max_size: int) -> MailArgs | Reply:
     body = None
     for key, value in params.items():
         if key == "SIZE":
-            if value is None or not value.isdigit() or len(value) > 20:
+            if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
                 return reply.BAD_SIZE_PARAM
             size = int(value)
             if max_size and size > max_size:

@@ -93,10 +93,13 @@ class DataReader:
         crlf = seg.count(b"\r\n")
         if seg.count(b"\r") != crlf or seg.count(b"\n") != crlf:
             self.bare_newline = True
-        if not self.long_line and stop - self._lead > MAX_TEXT_LINE:
+        if b"\r\n." in seg:
+            # RFC 5321 §4.5.2: "If the first character is a period and there are other characters
+            # on the line, the first character is deleted" (not only when a second one follows).
+            seg = seg.replace(b"\r\n.", b"\r\n")
+        if not self.long_line and len(seg) - self._lead > MAX_TEXT_LINE:
+            # Measured after unstuffing: the doubled dot does not count (RFC 5321 §4.5.3.1.6).
             self.long_line = max(map(len, seg.split(b"\r\n"))) > MAX_TEXT_LINE - 2
-        if b"\r\n.." in seg:
-            seg = seg.replace(b"\r\n..", b"\r\n.")
         out = seg[self._lead:]
         self._write(out)
         del self._buf[: stop - 2]
@@ -110,7 +113,7 @@ class DataReader:
         seg = bytes(buf[:-1])
         if b"\r" in seg[self._lead:] or b"\n" in seg[self._lead:]:
             self.bare_newline = True
-        out = seg.replace(b"\r\n..", b"\r\n.", 1) if self._lead and seg.startswith(b"\r\n..") \
+        out = seg.replace(b"\r\n.", b"\r\n", 1) if self._lead and seg.startswith(b"\r\n.") \
             else seg
         self._write(out[self._lead:])
         del buf[:-1]

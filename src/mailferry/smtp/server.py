@@ -132,10 +132,12 @@ class ServerProtocol:
         end = buf.find(b"\r\n")
         limit = self.limits.line_length
         if end < 0:
-            if len(buf) > limit:
+            # limit + 1: a line of exactly `limit` octets may have its CR here and its LF later.
+            if len(buf) > limit + 1:
                 # RFC 5321 §4.5.3.1.4: 500 for a line that is too long. Drop what we have and
                 # keep dropping until the end of that line, so its tail is not read as a command.
-                buf.clear()
+                # The last octet stays: it may be the CR of the CRLF that ends the long line.
+                del buf[:-1]
                 was_skipping, self._skipping = self._skipping, True
                 return None if was_skipping else Answered(None, reply.LINE_TOO_LONG)
             return None
