@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,32 +24,61 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         yield daemon
 
 
+def _served_eventually(daemon: Daemon, source: str = "127.0.0.1") -> bool:
+    """Poll (bounded) until a new client from ``source`` gets 220. Sessions of earlier tests
+    are released when the server sees their FIN, which may come after the client moved on."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with Dialog(daemon.host, daemon.port, source=source) as d:
+            if d.banner[0] == 220:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def _hold(daemon: Daemon, sources: list[str]) -> list[Dialog]:
+    return [Dialog(daemon.host, daemon.port, source=src) for src in sources]
+
+
 def test_sessions_per_ip_421(limited: Daemon) -> None:
-    held = [Dialog(limited.host, limited.port) for _ in range(3)]
-    try:
-        with Dialog(limited.host, limited.port) as extra:
-            assert extra.banner[0] == 421
-            assert extra.closed()
-        # another address is still welcome
-        with Dialog(limited.host, limited.port, source="127.0.0.2") as other:
-            assert other.banner[0] == 220
-    finally:
-        for d in held:
-            d.close()
+    for _attempt in range(20):  # retry while sessions of earlier tests are still being released
+        held = _hold(limited, ["127.0.0.1"] * 3)
+        try:
+            if all(d.banner[0] == 220 for d in held):
+                with Dialog(limited.host, limited.port) as extra:
+                    assert extra.banner == (
+                        421, ["4.7.0 Too many connections from your address, try again later"])
+                    assert extra.closed()
+                # another address is still welcome
+                with Dialog(limited.host, limited.port, source="127.0.0.2") as other:
+                    assert other.banner[0] == 220
+                break
+        finally:
+            for d in held:
+                d.close()
+        time.sleep(0.1)
+    else:
+        pytest.fail("never got 3 sessions from one address")
     assert "sessions already open from this address" in limited.wait_log("Refused:")
+    assert _served_eventually(limited)
 
 
 def test_sessions_total_421(limited: Daemon) -> None:
-    held = [Dialog(limited.host, limited.port, source=f"127.0.0.{10 + i}") for i in range(6)]
-    try:
-        with Dialog(limited.host, limited.port, source="127.0.0.30") as extra:
-            assert extra.banner == (421, ["4.7.0 Too many connections, try again later"])
-    finally:
-        for d in held:
-            d.close()
+    for _attempt in range(20):
+        held = _hold(limited, [f"127.0.0.{10 + i}" for i in range(6)])
+        try:
+            if all(d.banner[0] == 220 for d in held):
+                with Dialog(limited.host, limited.port, source="127.0.0.30") as extra:
+                    assert extra.banner == (421, ["4.7.0 Too many connections, try again later"])
+                break
+        finally:
+            for d in held:
+                d.close()
+        time.sleep(0.1)
+    else:
+        pytest.fail("never got 6 sessions at once")
     # once they are gone, new clients are served again
-    with Dialog(limited.host, limited.port) as d:
-        assert d.banner[0] == 220
+    assert _served_eventually(limited)
 
 
 def test_backlog_holds_200_simultaneous_connects(tmp_path: Path) -> None:
