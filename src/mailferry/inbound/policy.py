@@ -77,6 +77,10 @@ class Policy:
                        f"relay check: {domain} is not local and the client is not in"
                        " [relay] networks - refused")
 
+    def is_local(self, address: str) -> bool:
+        """Is this (already resolved) mailbox delivered here? Alias targets may be remote."""
+        return self._directory.is_local_domain(address.rpartition("@")[2])
+
     def _primary_domain(self) -> str:
         domains = self._directory.domains()
         return domains[0] if domains else self._config.server.hostname

@@ -274,8 +274,8 @@ class Session(asyncio.Protocol):
         envelope = Envelope(
             msgid=self._msgid,
             sender=sender,
-            recipients=[Recipient(t, rcpt, not fwd) for rcpt, targets, fwd in accepted
-                        for t in targets],
+            recipients=[Recipient(t, rcpt, not fwd and ctx.policy.is_local(t))
+                        for rcpt, targets, fwd in accepted for t in targets],
             received_at=time.time(),
             client_ip=self.peer_ip,
             helo=self.proto.helo_name or "" if self.proto is not None else "",
