@@ -1,15 +1,27 @@
 """Configuration: TOML file (tomllib) → frozen dataclasses.
 
-Every key has a default (documented in docs/config.md); unknown keys are errors; every error names
-the file, the line and the key (``FILE:LINE: key: what is wrong``). Relative paths are resolved from
-the config file's folder (from the working directory for the embedded default).
+Where: read once by ``cli``/``daemon`` at start (and again on HUP); everything else receives the
+resulting ``Config``. Every key has a default (documented in docs/config.md); unknown keys are
+errors; every error names the file, the line and the key (``FILE:LINE: section.key: what is
+wrong``). Relative paths are resolved from the config file's folder (from the working directory for
+the embedded default).
+
+Must not: open sockets, create directories or touch the data directory — it only reads one file and
+checks values, so ``mailferry config check`` is safe to run anywhere.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -112,6 +124,393 @@ def default_config(base: Path | None = None) -> Config:
     return Config(server=ServerConfig(data_dir=(base / "var").resolve()))
 
 
+# --------------------------------------------------------------------------------------------------
+# Locating keys. tomllib reports no positions for values, so we scan the text ourselves: track the
+# current [table] / [[array]] header and remember the first line of every key path. The scan only
+# has to be right for valid TOML: tomllib has accepted the text before we look.
+
+_KEY_PART = r"""[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*'"""
+_KEY = rf"(?:{_KEY_PART})(?:\s*\.\s*(?:{_KEY_PART}))*"
+_HEADER_RE = re.compile(rf"\s*(\[\[?)\s*({_KEY})\s*\]\]?")
+_KEYVAL_RE = re.compile(rf"\s*({_KEY})\s*=")
+_PART_RE = re.compile(_KEY_PART)
+
+_KeyPath = tuple[str | int, ...]  # ints are array-of-tables indices: ("listener", 0, "kind")
+
+
+def _split_key(text: str) -> tuple[str, ...]:
+    return tuple(p[1:-1] if p[0] in "\"'" else p for p in _PART_RE.findall(text))
+
+
+class _Positions:
+    """The first line of every table and key path in a TOML text."""
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[_KeyPath, int] = {}
+        aot_counts: dict[_KeyPath, int] = {}  # [[name]] headers seen so far, per array path
+        table: _KeyPath = ()
+        depth = 0  # open [ or { of a value spanning lines: such lines hold no keys or headers
+        multiline: str | None = None  # the closing delimiter of an open multi-line string
+        for number, line in enumerate(text.splitlines(), 1):
+            rest = line
+            if depth == 0 and multiline is None:
+                if m := _HEADER_RE.match(line):
+                    parts = _split_key(m.group(2))
+                    if m.group(1) == "[[":
+                        array = (*self._resolve(parts[:-1], aot_counts), parts[-1])
+                        aot_counts[array] = aot_counts.get(array, 0) + 1
+                        table = (*array, aot_counts[array] - 1)
+                        self.lines.setdefault(array, number)
+                    else:
+                        table = self._resolve(parts, aot_counts)
+                    self.lines.setdefault(table, number)
+                    rest = line[m.end():]
+                elif m := _KEYVAL_RE.match(line):
+                    parts = _split_key(m.group(1))
+                    for i in range(1, len(parts) + 1):
+                        self.lines.setdefault((*table, *parts[:i]), number)
+                    rest = line[m.end():]
+            depth, multiline = _scan_value(rest, depth, multiline)
+
+    @staticmethod
+    def _resolve(parts: tuple[str, ...], aot_counts: dict[_KeyPath, int]) -> _KeyPath:
+        """Insert the current index after each array-of-tables name: [listener.x] → listener.N.x."""
+        path: _KeyPath = ()
+        for part in parts:
+            path = (*path, part)
+            if path in aot_counts:
+                path = (*path, aot_counts[path] - 1)
+        return path
+
+    def line(self, path: _KeyPath) -> int:
+        """The line of ``path``, else of its nearest enclosing table we found, else 1."""
+        for end in range(len(path), 0, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
+        return 1
+
+
+def _scan_value(s: str, depth: int, multiline: str | None) -> tuple[int, str | None]:
+    """Follow brackets and strings through one line, so text inside values is never a key."""
+    i = 0
+    while i < len(s):
+        if multiline is not None:
+            end = s.find(multiline, i)
+            if end < 0:
+                break
+            i, multiline = end + 3, None
+            continue
+        c = s[i]
+        if c == "#":
+            break
+        if s.startswith('"""', i) or s.startswith("'''", i):
+            multiline, i = s[i:i + 3], i + 3
+            continue
+        if c in "\"'":
+            i += 1
+            while i < len(s) and s[i] != c:
+                i += 2 if c == '"' and s[i] == "\\" else 1
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+        i += 1
+    return depth, multiline
+
+
+# --------------------------------------------------------------------------------------------------
+# Value checkers: take the TOML value, return the typed value or raise _Bad with the reason.
+
+
+class _Bad(Exception):
+    """A value is wrong; the loader adds file, line and key to the message."""
+
+
+Check = Callable[[Any], Any]
+
+
+def _show(value: Any) -> str:
+    """A value as it is written in TOML, for error messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return str(value)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"must be a string, got {_show(value)}")
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"must be true or false, got {_show(value)}")
+    return value
+
+
+def _positive_int(value: Any) -> int:
+    # bool is a subclass of int in Python: `recipients = true` must not quietly mean 1.
+    if type(value) is not int or value <= 0:
+        raise _Bad(f"must be a positive integer, got {_show(value)}")
+    return value
+
+
+def _line_length(value: Any) -> int:
+    # RFC 5321 §4.5.3.1.4: a command line may be 512 octets (CRLF included); we must accept that.
+    if _positive_int(value) < 512:
+        raise _Bad(f"must be at least 512 (RFC 5321 §4.5.3.1.4), got {value}")
+    return value
+
+
+def _number(*, zero_ok: bool) -> Check:
+    what = "a number >= 0" if zero_ok else "a positive number"
+
+    def check(value: Any) -> float:
+        # TOML has inf and nan: neither is a usable timeout or window.
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok)):
+            raise _Bad(f"must be {what}, got {_show(value)}")
+        return float(value)
+
+    return check
+
+
+def _choice(*options: str) -> Check:
+    def check(value: Any) -> str:
+        if value not in options:
+            listed = ", ".join(_show(o) for o in options)
+            raise _Bad(f"must be one of {listed}, got {_show(value)}")
+        return str(value)
+
+    return check
+
+
+def _path(value: Any) -> Path:
+    if not _string(value):
+        raise _Bad("must be a path, got an empty string")
+    return Path(value).expanduser()  # made absolute against the file's folder by the loader
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def _domain(value: Any) -> str:
+    if not _DOMAIN_RE.fullmatch(_string(value)) or len(value) > 254:
+        raise _Bad(f"{_show(value)} is not a domain name")
+    return value.rstrip(".").lower()
+
+
+def _array(item: Check) -> Check:
+    def check(value: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise _Bad(f"must be an array, got {_show(value)}")
+        return tuple(dict.fromkeys(item(v) for v in value))  # duplicates dropped, order kept
+
+    return check
+
+
+def _host_port(value: Any, default_port: int | None) -> tuple[str, int]:
+    """``ip``, ``ip:port`` or ``[ipv6]:port`` → (ip, port). The port may be left out only when
+    there is a default; a bare IPv6 address is then the host alone."""
+    text = _string(value)
+    shown = _show(text)
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise _Bad(f"{shown} is not [ipv6]:port")
+        port: str | None = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    elif text.count(":") == 0 or default_port is not None:
+        host, port = text, None
+    else:
+        raise _Bad(f"{shown}: write an IPv6 address in brackets, like [::1]:2525")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise _Bad(f"{shown}: the host must be an IP address, like 127.0.0.1 or [::1]") from None
+    if port is None:
+        if default_port is None:
+            raise _Bad(f"{shown} needs a port, like 127.0.0.1:2525")
+        return str(ip), default_port
+    if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise _Bad(f"{shown}: the port must be a number from 1 to 65535")
+    return str(ip), int(port)
+
+
+def _listen_address(value: Any) -> tuple[str, int]:
+    return _host_port(value, None)
+
+
+def _nameserver(value: Any) -> tuple[str, int]:
+    return _host_port(value, 53)
+
+
+def _kind(value: Any) -> str:
+    if value in ("submission", "smtps"):
+        raise _Bad(f"{_show(value)} needs TLS, which is not supported yet (coming later); "
+                   'use "smtp"')
+    return _choice("smtp")(value)
+
+
+def _network(value: Any) -> IPNetwork:
+    text = _string(value)
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        pass
+    try:
+        # "10.0.0.1/8" parses loosely, but quietly widening it to the /8 might open a relay.
+        wide = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise _Bad(f"{_show(text)} is not a network, like 192.0.2.0/24 or 2001:db8::/32") from None
+    raise _Bad(f'{_show(text)} has host bits set: did you mean "{wide}"?')
+
+
+def _show_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# Section → key → checker. Keys are the dataclass field names, except listener.address.
+_SECTIONS: dict[str, dict[str, Check]] = {
+    "server": {"hostname": _domain, "data_dir": _path},
+    "listener": {"address": _listen_address, "kind": _kind},
+    "domains": {"local": _array(_domain)},
+    "dns": {"nameservers": _array(_nameserver), "timeout": _number(zero_ok=False)},
+    "limits": {
+        "message_size": _positive_int,
+        "recipients": _positive_int,
+        "line_length": _line_length,
+        "idle_timeout": _number(zero_ok=False),
+        "data_timeout": _number(zero_ok=False),
+        "sessions": _positive_int,
+        "sessions_per_ip": _positive_int,
+        "backlog": _positive_int,
+    },
+    "policy": {
+        "sender_domain_check": _boolean,
+        "client_rdns": _choice("off", "log", "reject"),
+        "long_text_lines": _choice("reject", "accept"),
+    },
+    "relay": {"networks": _array(_network)},
+    "queue": {"commit_window_ms": _number(zero_ok=True), "delivery_workers": _positive_int},
+    "log": {"dir": _path, "flush_interval": _number(zero_ok=False)},
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# The loader.
+
+
+class _Loader:
+    def __init__(self, name: str, text: str) -> None:
+        self.name = name
+        self.positions = _Positions(text)
+
+    def error(self, path: _KeyPath, message: str) -> ConfigError:
+        key = ".".join(p for p in path if isinstance(p, str))
+        return ConfigError(f"{self.name}:{self.positions.line(path)}: {key}: {message}")
+
+    def unknown(self, path: _KeyPath, known: list[str], what: str) -> ConfigError:
+        close = difflib.get_close_matches(str(path[-1]), known, n=1)
+        hint = f'did you mean "{close[0]}"?' if close else "known: " + ", ".join(known)
+        return self.error(path, f"unknown {what} ({hint})")
+
+    def section(self, path: _KeyPath, table: Any) -> dict[str, Any]:
+        """Check every key of one table; returns the typed values of the keys present."""
+        checks = _SECTIONS[str(path[0])]
+        if not isinstance(table, dict):
+            raise self.error(path, f"must be a table, got {_show(table)}")
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in checks:
+                raise self.unknown((*path, key), sorted(checks), "key")
+            try:
+                values[key] = checks[key](value)
+            except _Bad as bad:
+                raise self.error((*path, key), str(bad)) from None
+        return values
+
+    def listeners(self, tables: Any) -> tuple[ListenerConfig, ...]:
+        if not isinstance(tables, list):
+            raise self.error(("listener",), "must be an array of tables: write [[listener]]")
+        if not tables:
+            raise self.error(("listener",), "needs at least one [[listener]]")
+        result: list[ListenerConfig] = []
+        for index, table in enumerate(tables):
+            values = self.section(("listener", index), table)
+            host, port = values.pop("address", (ListenerConfig.host, ListenerConfig.port))
+            if any((other.host, other.port) == (host, port) for other in result):
+                where = ("listener", index, "address")
+                raise self.error(where, f"{_show_host_port(host, port)} is listed twice")
+            result.append(ListenerConfig(host=host, port=port, **values))
+        return tuple(result)
+
+    def config(self, doc: dict[str, Any], source: Path) -> Config:
+        for name, value in doc.items():
+            if name not in _SECTIONS:
+                what = "section" if isinstance(value, dict | list) else "key"
+                raise self.unknown((name,), sorted(_SECTIONS), what)
+        v = {name: self.section((name,), doc.get(name, {})) for name in _SECTIONS
+             if name != "listener"}
+        # The default data_dir ("var") is relative too: next to the file, like any other.
+        v["server"].setdefault("data_dir", ServerConfig.data_dir)
+        for section, key in (("server", "data_dir"), ("log", "dir")):
+            if key in v[section]:
+                # An absolute path stays as it is: `base / absolute` is `absolute`.
+                v[section][key] = (source.parent / v[section][key]).resolve()
+        return Config(
+            server=ServerConfig(**v["server"]),
+            listeners=self.listeners(doc["listener"]) if "listener" in doc else Config.listeners,
+            domains=DomainsConfig(**v["domains"]),
+            dns=DnsConfig(**v["dns"]),
+            limits=LimitsConfig(**v["limits"]),
+            policy=PolicyConfig(**v["policy"]),
+            relay=RelayConfig(**v["relay"]),
+            queue=QueueConfig(**v["queue"]),
+            log=LogConfig(**v["log"]),
+            source=source,
+        )
+
+
+_TOML_POSITION_RE = re.compile(r"(.*) \(at (?:line (\d+), column (\d+)|end of document)\)", re.S)
+
+
 def load_config(path: Path) -> Config:
-    """Read and validate a TOML file. Raises ConfigError naming file, line and key."""
-    raise NotImplementedError  # filled in by the config loader (see docs/config.md)
+    """Read and validate a TOML file. Raises ConfigError naming file, line and key.
+
+    ``Config.source`` is the file's absolute path (so a reload on HUP finds it from anywhere).
+    """
+    path = Path(path)
+    name = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{name}: cannot read: {err.strerror or err}") from None
+    try:
+        text = raw.decode("utf-8")  # TOML is UTF-8 by definition
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{name}:{line}: TOML syntax error: not UTF-8 text") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        # tomllib puts the position at the end of its message; editors and humans look in front.
+        m = _TOML_POSITION_RE.fullmatch(str(err))
+        if m is None:
+            raise ConfigError(f"{name}:1: TOML syntax error: {err}") from None
+        message, line, column = m.groups()
+        if line is None:  # "at end of document"
+            line, where = str(max(1, len(text.splitlines()))), "at end of file"
+        else:
+            where = f"column {column}"
+        raise ConfigError(f"{name}:{line}: TOML syntax error: {message} ({where})") from None
+    # abspath, not resolve(): a symlinked config file keeps its own folder as the base.
+    return _Loader(name, text).config(doc, Path(os.path.abspath(path)))

@@ -67,6 +67,7 @@ async def _main(config: Config, loop_name: str) -> int:
         print(f"mailferry: error: cannot listen on {listener.host}:{listener.port}: "
               f"{exc.strerror or exc}", file=sys.stderr)
         await runner.stop()
+        store.close()
         txlog.close()
         directory.close()
         return 1
@@ -106,6 +107,7 @@ async def _main(config: Config, loop_name: str) -> int:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(runner.wait_idle(), timeout=10)
     await runner.stop()
+    store.close()
     txlog.system("mailferry stopped")
     txlog.close()
     directory.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from mailferry.envelope import Envelope, Recipient
 from mailferry.queue.runner import Runner
 from mailferry.queue.store import QueueStore
@@ -56,19 +58,69 @@ def test_spilled_large_message_round_trips(tmp_path: Path) -> None:
 
 def test_id_collision_fails_and_never_overwrites(tmp_path: Path) -> None:
     store = QueueStore(tmp_path / "queue")
-    (store.tmp / "MFDUP0000000").write_bytes(b"someone else's")
 
-    async def main() -> BaseException | None:
+    async def commit(text: bytes) -> None:
         spool = store.spool("MFDUP0000000")
-        spool.write(b"x\r\n")
-        try:
-            await store.commit(_envelope("MFDUP0000000", "x@example.test"), b"", spool)
-        except OSError as exc:
-            return exc
-        return None
+        spool.write(text)
+        await store.commit(_envelope("MFDUP0000000", "x@example.test"), b"", spool)
 
-    assert isinstance(asyncio.run(main()), FileExistsError)
-    assert (store.tmp / "MFDUP0000000").read_bytes() == b"someone else's"
+    asyncio.run(commit(b"first\r\n"))
+    with pytest.raises(FileExistsError):
+        asyncio.run(commit(b"second\r\n"))
+    assert store.read("MFDUP0000000")[1] == b"first\r\n"
+
+
+def test_journal_survives_restart_and_forgets_done(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path / "queue")
+
+    async def main() -> None:
+        for i in range(5):
+            spool = store.spool(f"MFJ{i:09d}")
+            spool.write(b"m%d\r\n" % i)
+            await store.commit(_envelope(f"MFJ{i:09d}", "x@example.test"), b"", spool)
+
+    asyncio.run(main())
+    store.remove(["MFJ000000001", "MFJ000000003"])
+    # no close(): as after kill -9. A new store finds exactly the undone ones, with their bytes.
+    again = QueueStore(tmp_path / "queue")
+    assert again.recover() == ["MFJ000000000", "MFJ000000002", "MFJ000000004"]
+    assert again.read("MFJ000000004")[1] == b"m4\r\n"
+    again.remove(again.recover())
+    again.close()
+    assert QueueStore(tmp_path / "queue").recover() == []
+    assert list((tmp_path / "queue" / "journal").iterdir()) == []  # emptied segments deleted
+
+
+def test_torn_journal_tail_is_ignored(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path / "queue")
+
+    async def main() -> None:
+        spool = store.spool("MFT000000000")
+        spool.write(b"whole\r\n")
+        await store.commit(_envelope("MFT000000000", "x@example.test"), b"", spool)
+
+    asyncio.run(main())
+    [segment] = (tmp_path / "queue" / "journal").iterdir()
+    with segment.open("ab") as f:
+        f.write(b"M MFT000000001 500\n{partial")  # a batch whose fsync never returned
+    assert QueueStore(tmp_path / "queue").recover() == ["MFT000000000"]
+
+
+def test_keep_moves_waiting_message_to_its_own_file(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path / "queue")
+
+    async def main() -> None:
+        spool = store.spool("MFK000000000")
+        spool.write(b"for later\r\n")
+        await store.commit(_envelope("MFK000000000", "x@remote.test"), b"", spool)
+
+    asyncio.run(main())
+    store.keep("MFK000000000")
+    assert (store.msg / "MFK000000000").exists()
+    store.close()
+    again = QueueStore(tmp_path / "queue")
+    assert again.recover() == ["MFK000000000"]
+    assert again.read("MFK000000000")[1] == b"for later\r\n"
 
 
 def test_recovery_drops_partial_files_and_redelivers_only_missing(tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mailferry.queue.journal import scan
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -180,8 +182,11 @@ class Daemon:
         raise TimeoutError(f"no transaction log line with {parts!r}")
 
     def queued(self) -> list[str]:
-        q = self.data / "queue" / "msg"
-        return sorted(p.name for p in q.iterdir()) if q.exists() else []
+        """Messages still in the queue: own files plus undone journal records (read-only)."""
+        q = self.data / "queue"
+        files = [p.name for p in (q / "msg").iterdir()] if (q / "msg").exists() else []
+        journal = scan(q / "journal") if (q / "journal").exists() else {}
+        return sorted({*files, *journal})
 
 
 def lines_of(path: Path) -> Iterator[str]:

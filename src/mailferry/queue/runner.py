@@ -21,7 +21,8 @@ from pathlib import Path
 
 from mailferry.delivery import maildir
 from mailferry.envelope import Envelope
-from mailferry.queue.store import QueueStore, fsync_dir
+from mailferry.queue.journal import fsync_dir
+from mailferry.queue.store import QueueStore
 from mailferry.txlog.writer import TxLog
 
 log = logging.getLogger("mailferry.runner")
@@ -134,10 +135,14 @@ class Runner:
             folders.add(box.root / "new")
         for folder in folders:
             fsync_dir(folder)
+        finished = []
         for job in batch:
             if all(r.local for r in job.envelope.recipients):
-                self._store.remove(job.envelope.msgid)
-            # else: remote recipients remain queued for outbound delivery (issue 3)
+                finished.append(job.envelope.msgid)
+            else:
+                # Remote recipients wait for outbound delivery (issue 3) in a file of their own.
+                self._store.keep(job.envelope.msgid)
+        self._store.remove(finished)
 
     def _mailbox(self, address: str) -> maildir.Mailbox:
         """The recipient's Maildir, created on first use (cached: mkdir costs a journal handle)."""

@@ -1,15 +1,18 @@
 """The durable queue store: a message is on disk and fsynced BEFORE the client hears 250.
 
 Layout under ``<data_dir>/queue``:
-- ``tmp/``   files being written; never delivered; removed at startup (a crash mid-write).
-- ``msg/``   one file per accepted message: envelope JSON line, then the message with our
-             Received header. A file appears here only by ``rename`` after its fsync, so a
-             partial file is never seen by delivery.
+- ``journal/`` append-only segments (journal.py) holding the messages of each group-commit batch:
+               the fast path, for every message that fits in memory (up to 1 MiB).
+- ``msg/``     one file per message for the rest: messages spooled to disk while they arrived,
+               and messages that must wait for remote delivery (moved here from the journal).
+               Envelope JSON line, then the message with our Received header. A file appears here
+               only by ``rename`` after its fsync, so a partial file is never seen.
+- ``tmp/``     files being written; removed at startup (a crash mid-write, never acknowledged).
 
-Group commit: every message that finished DATA while an fsync was running waits for the next
-one, and that single batch (one thread job: fdatasync each file, rename each, fsync the folder
-once) covers them all. Each 250 goes out only after the batch holding its message returns, so
-durability does not cap throughput at one fsync round-trip per message.
+Group commit: every message that finished DATA while a batch was being synced waits for the next
+batch, and one worker-thread job makes the whole batch durable (one journal write and fdatasync,
+plus the rare separate files). Each 250 goes out only after the batch holding its message
+returned, so durability does not cost one fsync round-trip per message.
 
 Must not: know SMTP, policy or delivery.
 """
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailferry.envelope import Envelope
+from mailferry.queue.journal import Journal, fsync_dir
 
 log = logging.getLogger("mailferry.queue")
 
@@ -84,6 +88,7 @@ class QueueStore:
         self.msg = root / "msg"
         for d in (self.tmp, self.msg):
             d.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(root / "journal")
         self._pending: list[_Pending] = []
         self._committing = False
 
@@ -103,6 +108,8 @@ class QueueStore:
         parts = [head + body] if body is not None and len(body) < 65536 else [head]
         if body is not None and len(body) >= 65536:
             parts.append(body)
+        if envelope.msgid in self.journal:
+            raise FileExistsError(f"message {envelope.msgid} is already queued")
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(envelope.msgid, parts, spool, future))
         if not self._committing:
@@ -130,16 +137,31 @@ class QueueStore:
             self._start_batch()
 
     def _sync_batch(self, batch: list[_Pending]) -> None:
-        """Worker thread: write every file of the batch, sync them, then publish them by rename.
-        A message whose write fails gets its own error; the others still commit."""
+        """Worker thread: make every message of the batch durable. In-memory messages go to the
+        journal in one write + fdatasync; spooled ones to their own files. A message whose write
+        fails gets its own error; the others still commit."""
+        small = [p for p in batch if p.spool.in_memory() is not None]
+        large = [p for p in batch if p.spool.in_memory() is None]
+        try:
+            self.journal.append([(p.msgid, p.parts) for p in small])
+        except OSError as exc:
+            for p in small:
+                p.error = exc
+        finally:
+            for p in small:
+                p.spool.discard()
+        if large:
+            self._write_files(large)
+
+    def _write_files(self, batch: list[_Pending]) -> None:
         tmp_dir, msg_dir = str(self.tmp), str(self.msg)
         opened: list[tuple[int, _Pending]] = []
         try:
             for p in batch:
                 # O_EXCL: a message ID collision must fail loudly, never overwrite a message.
-                path = f"{tmp_dir}/{p.msgid}"
                 try:
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    fd = os.open(f"{tmp_dir}/{p.msgid}", os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                                 0o600)
                 except OSError as exc:
                     p.error = exc
                     p.spool.discard()
@@ -149,14 +171,9 @@ class QueueStore:
                     _write_all(fd, p.parts)
                     if p.spool.in_memory() is None:
                         _copy_spilled(p.spool, fd)
+                    os.fdatasync(fd)
                 except OSError as exc:
                     p.error = exc
-            for fd, p in opened:
-                if p.error is None:
-                    try:
-                        os.fdatasync(fd)
-                    except OSError as exc:
-                        p.error = exc
         finally:
             for fd, p in opened:
                 os.close(fd)
@@ -174,23 +191,51 @@ class QueueStore:
         fsync_dir(self.msg)
 
     # --- reading and removing ----------------------------------------------------------------
-    def path(self, msgid: str) -> Path:
-        return self.msg / msgid
-
     def read(self, msgid: str) -> tuple[Envelope, bytes]:
-        data = (self.msg / msgid).read_bytes()
+        data = self.journal.read(msgid) if msgid in self.journal \
+            else (self.msg / msgid).read_bytes()
         nl = data.index(b"\n")
         return Envelope.from_line(data[:nl]), data[nl + 1:]
 
-    def remove(self, msgid: str) -> None:
-        (self.msg / msgid).unlink(missing_ok=True)
+    def remove(self, msgids: list[str]) -> None:
+        """These messages need nothing more (worker thread or startup)."""
+        in_journal = [m for m in msgids if m in self.journal]
+        self.journal.done(in_journal)
+        for msgid in msgids:
+            if msgid not in in_journal:
+                (self.msg / msgid).unlink(missing_ok=True)
+
+    def keep(self, msgid: str) -> None:
+        """A message that must wait (remote recipients): move it out of the journal into its own
+        file, durably, so that journal segments can be deleted. Worker thread."""
+        if msgid not in self.journal:
+            return
+        data = self.journal.read(msgid)
+        tmp = f"{self.tmp}/{msgid}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, [data])
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, self.msg / msgid)
+        fsync_dir(self.msg)
+        self.journal.done([msgid])
+
+    def queued(self) -> list[str]:
+        """Every message still in the queue, oldest first (IDs sort by time)."""
+        files = [p.name for p in self.msg.iterdir() if not p.name.startswith(".")]
+        return sorted({*files, *self.journal.pending()})
 
     def recover(self) -> list[str]:
         """At startup: drop partial files (never acknowledged), list what is queued."""
         for p in self.tmp.iterdir():
             log.info("queue: removing partial file %s left by a crash", p.name)
             p.unlink(missing_ok=True)
-        return sorted(p.name for p in self.msg.iterdir() if not p.name.startswith("."))
+        return self.queued()
+
+    def close(self) -> None:
+        self.journal.close()
 
 
 def _write_all(fd: int, parts: list[bytes]) -> None:
@@ -206,11 +251,3 @@ def _copy_spilled(spool: Spool, fd: int) -> None:
     with open(spool._path, "rb") as src:
         while chunk := src.read(1 << 20):
             _write_all(fd, [chunk])
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

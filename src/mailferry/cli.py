@@ -1,0 +1,246 @@
+"""The ``mailferry`` command: parse arguments, call one function, map the outcome to an exit code.
+
+Where: the top of the import graph, next to ``daemon``. Commands are nouns then verbs (``serve``,
+``config check``, ``user add`` …); ``cli`` is the group other modules add their commands to.
+
+Must not: hold logic of its own (it calls config, verify.users, daemon) or show a traceback for an
+expected failure: errors are one line, ``mailferry: error: …``, on stderr with exit status 1
+(2 for a usage mistake, as is usual).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from mailferry.config import Config, ConfigError, default_config, load_config
+from mailferry.verify.users import Directory, DirectoryError
+
+F = TypeVar("F", bound=Callable[..., Any])
+# `mailferry` alone prints the help; click >= 8.2 signals that with this UsageError subclass.
+_NoArgsIsHelp: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+_CONFIG_KEY = "mailferry.config_path"
+
+
+def _remember_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    # --config is accepted both before the command (on the group) and after it; the one given
+    # last on the command line, i.e. the command's own, wins.
+    if value is not None:
+        ctx.meta[_CONFIG_KEY] = value
+
+
+def config_option(func: F) -> F:
+    """Add ``--config FILE`` to a command (the group has it too). Read it with ``get_config()``."""
+    return click.option(
+        "--config",
+        "-c",
+        type=click.Path(path_type=Path, dir_okay=False),
+        callback=_remember_config,
+        expose_value=False,
+        is_eager=True,
+        help="Configuration file (default: built-in defaults, data in ./var).",
+    )(func)
+
+
+def config_path() -> Path | None:
+    """The --config given to the group or the current command, if any."""
+    return click.get_current_context().meta.get(_CONFIG_KEY)
+
+
+def get_config() -> Config:
+    """Load the --config file, or the embedded default when none was given."""
+    path = config_path()
+    return default_config() if path is None else load_config(path)
+
+
+def _directory() -> Directory:
+    return Directory.from_config(get_config())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mailferry")
+@config_option
+def cli() -> None:
+    """mailferry: an SMTP mail server whose transaction log shows what your mail is doing."""
+
+
+@cli.command()
+@config_option
+def serve() -> None:
+    """Run the mail server until stopped (TERM drains, HUP reopens logs and reloads)."""
+    config = get_config()
+    from mailferry.daemon import serve as run  # lazily: admin commands need none of the server
+
+    code = run(config)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Check configuration files."""
+
+
+@config_group.command("check")
+@config_option
+def config_check() -> None:
+    """Validate a configuration file: prints "FILE: ok", or the error with its line."""
+    path = config_path()
+    if path is None:
+        raise click.UsageError("give the file to check: --config FILE")
+    try:
+        load_config(path)
+    except ConfigError as err:
+        # Just the "FILE:LINE: key: problem" line, in the format editors jump to.
+        click.echo(str(err), err=True)
+        sys.exit(1)
+    click.echo(f"{path}: ok")
+
+
+@cli.group()
+def user() -> None:
+    """Local users: who receives mail here, and who may log in."""
+
+
+@user.command("add")
+@click.argument("address")
+@click.option("--password", "-p", help="Login password (shows in `ps`: prefer --password-stdin).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin's first line.")
+@config_option
+def user_add(address: str, password: str | None, password_stdin: bool) -> None:
+    """Add a user. Without a password it receives mail but cannot log in."""
+    if password is not None and password_stdin:
+        raise click.UsageError("give --password or --password-stdin, not both")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    with _directory() as directory:
+        directory.add_user(address, password)
+
+
+@user.command("list")
+@config_option
+def user_list() -> None:
+    """List users, one address a line."""
+    with _directory() as directory:
+        _print_lines(directory.users())
+
+
+@user.command("remove")
+@click.argument("address")
+@config_option
+def user_remove(address: str) -> None:
+    """Remove a user (its mailbox on disk is left alone)."""
+    with _directory() as directory:
+        directory.remove_user(address)
+
+
+@cli.group()
+def alias() -> None:
+    """Aliases: an address that forwards to one or more others."""
+
+
+@alias.command("add")
+@click.argument("address")
+@click.argument("targets", nargs=-1, required=True)
+@config_option
+def alias_add(address: str, targets: Sequence[str]) -> None:
+    """Add targets to an alias (creating it if needed)."""
+    with _directory() as directory:
+        directory.add_alias(address, targets)
+
+
+@alias.command("list")
+@config_option
+def alias_list() -> None:
+    """List aliases: "address: target, target"."""
+    with _directory() as directory:
+        _print_lines(f"{a}: {', '.join(t)}" for a, t in directory.aliases().items())
+
+
+@alias.command("remove")
+@click.argument("address")
+@config_option
+def alias_remove(address: str) -> None:
+    """Remove an alias with all its targets."""
+    with _directory() as directory:
+        directory.remove_alias(address)
+
+
+@cli.group()
+def domain() -> None:
+    """Local domains (besides those in the config file's [domains] local)."""
+
+
+@domain.command("add")
+@click.argument("name")
+@config_option
+def domain_add(name: str) -> None:
+    """Make a domain local: its mail is delivered here."""
+    with _directory() as directory:
+        directory.add_domain(name)
+
+
+@domain.command("list")
+@config_option
+def domain_list() -> None:
+    """List local domains, from the config file and from the user directory."""
+    with _directory() as directory:
+        _print_lines(directory.domains())
+
+
+@domain.command("remove")
+@click.argument("name")
+@config_option
+def domain_remove(name: str) -> None:
+    """Remove a local domain that has no users or aliases left."""
+    with _directory() as directory:
+        directory.remove_domain(name)
+
+
+def _print_lines(lines: Iterable[str]) -> None:
+    for line in lines:
+        click.echo(line)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: run the command, turn failures into one line on stderr and an exit status."""
+    try:
+        # standalone_mode=False: click hands errors back to us instead of printing them itself.
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="mailferry",
+                        standalone_mode=False)
+    except (ConfigError, DirectoryError, sqlite3.Error) as err:
+        # The expected failures, from our commands and from those other modules add.
+        _error(str(err), 1)
+    except _NoArgsIsHelp as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.UsageError as err:
+        hint = f" (see '{err.ctx.command_path} --help')" if err.ctx else ""
+        _error(f"{err.format_message()}{hint}", err.exit_code)
+    except click.ClickException as err:
+        _error(err.format_message(), err.exit_code)
+    except click.Abort:
+        _error("interrupted", 130)
+    except OSError as err:
+        _error(f"{f'{err.filename}: ' if err.filename else ''}{err.strerror or err}", 1)
+    except Exception as err:
+        # A bug, not a user mistake: still one line, unless asked for the whole story.
+        if os.environ.get("MAILFERRY_DEBUG"):
+            raise
+        _error(f"unexpected {type(err).__name__}: {err} (MAILFERRY_DEBUG=1 shows where)", 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _error(message: str, code: int) -> NoReturn:
+    click.echo(f"mailferry: error: {message}", err=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
