@@ -7,7 +7,7 @@ the whole vocabulary of the server in one page. Texts never contain internal err
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,22 +15,24 @@ class Reply:
     code: int
     enhanced: str  # "" for replies that carry no enhanced code (220, 221 banner lines, 354)
     text: str | tuple[str, ...]
+    # Rendered once: most replies are module constants sent thousands of times a second.
+    lines: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    wire: bytes = field(init=False, repr=False, compare=False)
 
-    @property
-    def lines(self) -> list[str]:
-        """Reply lines as logged (no CRLF): ``250-first``, ..., ``250 last`` (RFC 5321 §4.2.1)."""
+    def __post_init__(self) -> None:
         texts = (self.text,) if isinstance(self.text, str) else self.text
         prefix = f"{self.enhanced} " if self.enhanced else ""
-        out = []
         last = len(texts) - 1
-        for i, t in enumerate(texts):
-            sep = " " if i == last else "-"
-            # Enhanced codes go on every line of a multi-line reply (RFC 2034 §4).
-            out.append(f"{self.code}{sep}{prefix}{t}")
-        return out
+        # RFC 5321 §4.2.1: "250-first" ... "250 last"; the enhanced code goes on every line of
+        # a multi-line reply (RFC 2034 §4).
+        lines = tuple(f"{self.code}{' ' if i == last else '-'}{prefix}{t}"
+                      for i, t in enumerate(texts))
+        object.__setattr__(self, "lines", lines)
+        object.__setattr__(self, "wire",
+                           ("\r\n".join(lines) + "\r\n").encode("ascii", "replace"))
 
     def encode(self) -> bytes:
-        return ("\r\n".join(self.lines) + "\r\n").encode("ascii", "replace")
+        return self.wire
 
     @property
     def is_positive(self) -> bool:

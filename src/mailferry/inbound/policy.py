@@ -42,9 +42,18 @@ class Policy:
         self._directory = directory
         self._resolver = resolver
         self._networks = config.relay.networks
+        self._trusted_cache: dict[str, bool] = {}
 
     def client_trusted(self, ip: str) -> bool:
         """May this client relay? ([relay] networks; authenticated users come with issue 5.)"""
+        known = self._trusted_cache.get(ip)
+        if known is None:
+            known = self._trusted_cache[ip] = self._in_networks(ip)
+            if len(self._trusted_cache) > 10_000:  # bounded: clients come from anywhere
+                self._trusted_cache.clear()
+        return known
+
+    def _in_networks(self, ip: str) -> bool:
         try:
             addr = ipaddress.ip_address(ip.split("%", 1)[0])
         except ValueError:
@@ -85,11 +94,16 @@ class Policy:
         domains = self._directory.domains()
         return domains[0] if domains else self._config.server.hostname
 
-    async def check_sender(self, address: Address | None) -> Verdict | None:
-        """None when no check applies (null sender, check disabled, sender in a local domain)."""
+    def sender_needs_check(self, address: Address | None) -> bool:
+        """False for the null sender, a disabled check, an address literal or a local domain."""
         if address is None or not self._config.policy.sender_domain_check:
-            return None
-        if address.domain.startswith("[") or self._directory.is_local_domain(address.domain):
+            return False
+        return not (address.domain.startswith("[")
+                    or self._directory.is_local_domain(address.domain))
+
+    async def check_sender(self, address: Address | None) -> Verdict | None:
+        """None when no check applies (see sender_needs_check)."""
+        if address is None or not self.sender_needs_check(address):
             return None
         decision = await check_sender_domain(self._resolver, address.domain)
         if decision.action == "accept":

@@ -52,6 +52,7 @@ class Session(asyncio.Protocol):
         self._busy = False
         self._closing = False
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
         self._rdns: asyncio.Task | None = None
         self._rdns_name: str | None = None
         self._trusted = False
@@ -103,14 +104,25 @@ class Session(asyncio.Protocol):
         self.ctx.sids.release(self.sid)
 
     def _arm_timer(self, seconds: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._timed_out)
+        """Move the session's deadline. One timer per session is re-armed lazily when it fires
+        early, rather than cancelled and re-created for every command (a hot path)."""
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + seconds
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._timed_out)
 
     def _timed_out(self) -> None:
         # RFC 5321 §4.5.3.2: the server closes an idle session; a client that trickles bytes
-        # does not reset this timer, only complete commands do.
+        # does not move the deadline, only complete commands do.
+        self._timer = None
         if self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._timed_out)
+            return
+        if self._busy:  # waiting for DNS or the disk, not for the client: check again soon
+            self._timer = loop.call_later(1.0, self._timed_out)
             return
         assert self.tx is not None
         self.tx.text("Idle timeout")
@@ -164,7 +176,10 @@ class Session(asyncio.Protocol):
         self._arm_timer(self.ctx.config.limits.idle_timeout)
         if type(event) is MailRequest:
             tx.received(event.line)
-            self._wait_for(self._mail(event))
+            if self._mail_needs_lookup(event):
+                self._wait_for(self._mail(event))
+            else:
+                self._accept_mail(event)
         elif type(event) is RcptRequest:
             tx.received(event.line)
             self._rcpt(event)
@@ -225,6 +240,18 @@ class Session(asyncio.Protocol):
             if not verdict.accepted:
                 self._queue_reply(verdict.reply)
                 return
+        self._accept_mail(event)
+
+    def _mail_needs_lookup(self, event: MailRequest) -> bool:
+        """Most MAIL commands need no DNS (check off, null or local sender, rDNS only logged):
+        those are answered at once, without a task."""
+        policy = self.ctx.config.policy
+        if self._rdns is not None and policy.client_rdns == "reject":
+            return True
+        return self.ctx.policy.sender_needs_check(event.args.address)
+
+    def _accept_mail(self, event: MailRequest) -> None:
+        assert self.proto is not None
         self.proto.accept_mail(event.args)
         self._accepted = []
         self._queue_reply(reply.sender_ok(event.args.path))

@@ -27,6 +27,8 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+from mailferry.durable import fsync_dir
+
 log = logging.getLogger("mailferry.queue")
 
 MAX_SEGMENT = 64 << 20  # start a new segment past this size
@@ -194,11 +196,3 @@ def scan(folder: Path) -> dict[str, tuple[int, int, int]]:
                 log.warning("journal %s: unreadable record at %d; rest ignored", path.name, pos)
                 break
     return found
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailferry.delivery import maildir
+from mailferry.durable import sync_files, sync_folders
 from mailferry.envelope import Envelope
-from mailferry.queue.journal import fsync_dir
 from mailferry.queue.store import QueueStore
 from mailferry.txlog.writer import TxLog
 
@@ -124,8 +124,7 @@ class Runner:
         try:
             for job in batch:
                 self._write_job(job, written)
-            for fd, _tmp, _box, _name in written:
-                os.fdatasync(fd)
+            sync_files(fd for fd, _tmp, _box, _name in written)
         finally:
             for fd, _tmp, _box, _name in written:
                 os.close(fd)
@@ -133,8 +132,7 @@ class Runner:
         for _fd, tmp, box, name in written:
             maildir.publish(box, name, tmp)
             folders.add(box.root / "new")
-        for folder in folders:
-            fsync_dir(folder)
+        sync_folders(folders)
         finished = []
         for job in batch:
             if all(r.local for r in job.envelope.recipients):

@@ -26,8 +26,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailferry.durable import fsync_dir
 from mailferry.envelope import Envelope
-from mailferry.queue.journal import Journal, fsync_dir
+from mailferry.queue.journal import Journal
 
 log = logging.getLogger("mailferry.queue")
 

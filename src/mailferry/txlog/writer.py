@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from mailferry.txlog import format as fmt
@@ -134,7 +134,7 @@ class SessionLog:
     def received(self, text: str) -> None:
         self._log.append(self._prefix, fmt.RECEIVED + fmt.sanitize(text))
 
-    def sent(self, lines: list[str]) -> None:
+    def sent(self, lines: Iterable[str]) -> None:
         for text in lines:
             self._log.append(self._prefix, fmt.SENT + text)
 
