@@ -81,13 +81,34 @@ class RelayConfig:
         ipaddress.ip_network("127.0.0.0/8"),
         ipaddress.ip_network("::1/128"),
     )
+    host: tuple[str, int] | None = None  # smart host: send all remote mail there, not via MX
+    fallback: bool = False  # use the smart host only when direct delivery fails
 
 
 @dataclass(frozen=True)
 class QueueConfig:
-    # Group commit: how long the first finished message waits for others to share its fsync.
-    commit_window_ms: float = 2.0
-    delivery_workers: int = 4
+    # Group commit: how long a batch waits for more messages before its fsync starts. 0 starts
+    # at once; messages that finish meanwhile share the next fsync anyway (adaptive batching).
+    commit_window_ms: float = 0.0
+    delivery_workers: int = 20  # outbound deliveries in flight at once, in total
+    # RFC 5321 §4.5.4.1: retry after at least 30 minutes is suggested; busy MTAs start sooner.
+    retry_schedule: tuple[float, ...] = (300.0, 600.0, 1200.0, 2400.0)
+    retry_every: float = 3600.0  # after the schedule is used up
+    lifetime: float = 5 * 86400.0  # then the message bounces (RFC 5321 §4.5.4.1: 4-5 days)
+    delay_warning: float = 4 * 3600.0  # send a "still trying" DSN after this; 0 = never
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    port: int = 25
+    source_address: str = ""  # bind outgoing connections to this local IP; "" = the OS picks
+    max_mx_hosts: int = 5  # MX hosts tried per domain per attempt
+    per_domain: int = 4  # deliveries in flight per destination domain
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0  # RFC 5321 §4.5.3.2: 5 minutes for most replies
+    data_timeout: float = 600.0  # RFC 5321 §4.5.3.2: 10 minutes for the reply to end of data
+    tls: str = "opportunistic"  # "opportunistic" (STARTTLS when offered) | "off"
+    tls_ca_file: Path | None = None  # extra CA certificates to verify peers with
 
 
 @dataclass(frozen=True)
@@ -106,6 +127,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: Path | None = None  # the file it came from; None for the embedded default
 
@@ -374,6 +396,46 @@ def _network(value: Any) -> IPNetwork:
     raise _Bad(f'{_show(text)} has host bits set: did you mean "{wide}"?')
 
 
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise _Bad(f"must be a port number from 1 to 65535, got {_show(value)}")
+    return value
+
+
+def _ip_or_empty(value: Any) -> str:
+    text = _string(value)
+    if text == "":
+        return text
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise _Bad(f"{_show(text)} is not an IP address") from None
+
+
+def _smart_host(value: Any) -> tuple[str, int] | None:
+    """``host``, ``host:port``, ``[v6]:port`` or an IP; "" for none. A name is looked up (A/AAAA,
+    not MX) at delivery time, as Postfix does with relayhost = [host]."""
+    text = _string(value)
+    if text == "":
+        return None
+    if text.startswith("[") or text.count(":") > 1:
+        return _host_port(text, 25)
+    host, sep, port = text.partition(":")
+    if not _DOMAIN_RE.fullmatch(host) and not _is_ip(host):
+        raise _Bad(f"{_show(text)} is not host[:port]")
+    if sep and (not port.isdigit() or not 0 < int(port) < 65536):
+        raise _Bad(f"{_show(text)}: the port must be a number from 1 to 65535")
+    return host.rstrip(".").lower(), int(port) if sep else 25
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _show_host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -399,8 +461,26 @@ _SECTIONS: dict[str, dict[str, Check]] = {
         "client_rdns": _choice("off", "log", "reject"),
         "long_text_lines": _choice("reject", "accept"),
     },
-    "relay": {"networks": _array(_network)},
-    "queue": {"commit_window_ms": _number(zero_ok=True), "delivery_workers": _positive_int},
+    "relay": {"networks": _array(_network), "host": _smart_host, "fallback": _boolean},
+    "queue": {
+        "commit_window_ms": _number(zero_ok=True),
+        "delivery_workers": _positive_int,
+        "retry_schedule": _array(_number(zero_ok=False)),
+        "retry_every": _number(zero_ok=False),
+        "lifetime": _number(zero_ok=False),
+        "delay_warning": _number(zero_ok=True),
+    },
+    "delivery": {
+        "port": _port,
+        "source_address": _ip_or_empty,
+        "max_mx_hosts": _positive_int,
+        "per_domain": _positive_int,
+        "connect_timeout": _number(zero_ok=False),
+        "command_timeout": _number(zero_ok=False),
+        "data_timeout": _number(zero_ok=False),
+        "tls": _choice("opportunistic", "off"),
+        "tls_ca_file": _path,
+    },
     "log": {"dir": _path, "flush_interval": _number(zero_ok=False)},
 }
 
@@ -462,7 +542,7 @@ class _Loader:
              if name != "listener"}
         # The default data_dir ("var") is relative too: next to the file, like any other.
         v["server"].setdefault("data_dir", ServerConfig.data_dir)
-        for section, key in (("server", "data_dir"), ("log", "dir")):
+        for section, key in (("server", "data_dir"), ("log", "dir"), ("delivery", "tls_ca_file")):
             if key in v[section]:
                 # An absolute path stays as it is: `base / absolute` is `absolute`.
                 v[section][key] = (source.parent / v[section][key]).resolve()
@@ -475,6 +555,7 @@ class _Loader:
             policy=PolicyConfig(**v["policy"]),
             relay=RelayConfig(**v["relay"]),
             queue=QueueConfig(**v["queue"]),
+            delivery=DeliveryConfig(**v["delivery"]),
             log=LogConfig(**v["log"]),
             source=source,
         )

@@ -53,7 +53,7 @@ async def _main(config: Config, loop_name: str) -> int:
     txlog = TxLog(config.log_dir, flush_interval=config.log.flush_interval)
     directory = Directory(data / "users.db", config.domains.local)
     resolver = Resolver(config.dns.nameservers, config.dns.timeout)
-    store = QueueStore(data / "queue")
+    store = QueueStore(data / "queue", commit_window=config.queue.commit_window_ms / 1000)
     runner = Runner(store, data / "mail", config.server.hostname, txlog)
     ctx = ServerContext(config=config, txlog=txlog, policy=Policy(config, directory, resolver),
                         store=store, runner=runner)

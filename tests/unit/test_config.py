@@ -285,7 +285,8 @@ def test_defaults_round_trip_through_a_file() -> None:
         if f.name not in ("listeners", "source", "relay", "dns")
     }
     sections["log"].pop("dir")  # None: "under data_dir", has no TOML spelling
-    sections["relay"] = {"networks": [str(n) for n in d.relay.networks]}
+    sections["relay"] = {"networks": [str(n) for n in d.relay.networks], "fallback": False}
+    sections["delivery"].pop("tls_ca_file")  # None: no TOML spelling
     sections["dns"] = {"nameservers": [], "timeout": d.dns.timeout}
 
     def value(v: object) -> str:

@@ -83,8 +83,9 @@ class _Pending:
 
 
 class QueueStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, commit_window: float = 0.0) -> None:
         self.root = root
+        self._window = commit_window  # seconds a batch waits for company before it syncs
         self.tmp = root / "tmp"
         self.msg = root / "msg"
         for d in (self.tmp, self.msg):
@@ -114,12 +115,15 @@ class QueueStore:
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(envelope.msgid, parts, spool, future))
         if not self._committing:
-            self._start_batch()
+            self._committing = True
+            if self._window > 0:
+                asyncio.get_running_loop().call_later(self._window, self._start_batch)
+            else:
+                self._start_batch()
         await future
 
     def _start_batch(self) -> None:
         batch, self._pending = self._pending, []
-        self._committing = True
         loop = asyncio.get_running_loop()
         job = loop.run_in_executor(None, self._sync_batch, batch)
         job.add_done_callback(lambda f: self._batch_done(f, batch))
@@ -135,6 +139,7 @@ class QueueStore:
             else:
                 p.future.set_result(None)
         if self._pending:
+            self._committing = True
             self._start_batch()
 
     def _sync_batch(self, batch: list[_Pending]) -> None:
