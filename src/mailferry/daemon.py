@@ -16,10 +16,14 @@ import signal
 import sys
 
 from mailferry.config import Config
+from mailferry.delivery.outbound import Outbound
 from mailferry.dns.resolver import Resolver
+from mailferry.ids import MessageIdFactory, SessionIdPool
 from mailferry.inbound.listener import ServerContext, start_listener
 from mailferry.inbound.policy import Policy
+from mailferry.queue.remote import RemoteRunner
 from mailferry.queue.runner import Runner
+from mailferry.queue.state import StateStore
 from mailferry.queue.store import QueueStore
 from mailferry.txlog.writer import TxLog
 from mailferry.verify.users import Directory
@@ -55,10 +59,17 @@ async def _main(config: Config, loop_name: str) -> int:
     resolver = Resolver(config.dns.nameservers, config.dns.timeout)
     store = QueueStore(data / "queue", commit_window=config.queue.commit_window_ms / 1000)
     runner = Runner(store, data / "mail", config.server.hostname, txlog)
-    ctx = ServerContext(config=config, txlog=txlog, policy=Policy(config, directory, resolver),
-                        store=store, runner=runner)
+    policy = Policy(config, directory, resolver)
+    ids, sids = MessageIdFactory(), SessionIdPool()
+    remote = RemoteRunner(config, store, StateStore(data / "queue" / "state"),
+                          Outbound(config, txlog, sids, resolver), txlog, ids,
+                          is_local=policy.is_local, enqueue_local=runner.submit)
+    runner.on_remote = remote.submit
+    ctx = ServerContext(config=config, txlog=txlog, policy=policy, store=store, runner=runner,
+                        ids=ids, sids=sids)
     recovered = runner.recover()
     runner.start()
+    remote.start()
     servers = []
     try:
         for listener in config.listeners:
@@ -67,6 +78,7 @@ async def _main(config: Config, loop_name: str) -> int:
         print(f"mailferry: error: cannot listen on {listener.host}:{listener.port}: "
               f"{exc.strerror or exc}", file=sys.stderr)
         await runner.stop()
+        await remote.stop()
         store.close()
         txlog.close()
         directory.close()
@@ -107,6 +119,7 @@ async def _main(config: Config, loop_name: str) -> int:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(runner.wait_idle(), timeout=10)
     await runner.stop()
+    await remote.stop()
     store.close()
     txlog.system("mailferry stopped")
     txlog.close()

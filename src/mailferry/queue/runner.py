@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,9 @@ class Runner:
         self._idle = asyncio.Event()
         self._idle.set()
         self._boxes: dict[str, maildir.Mailbox] = {}  # used by the worker thread only
+        # Called on the event loop with the ID of each message that still has remote
+        # recipients once its local ones are done (the remote runner's submit).
+        self.on_remote: Callable[[str], None] | None = None
 
     # --- feeding ----------------------------------------------------------------------------
     def submit(self, envelope: Envelope, message: bytes | None) -> None:
@@ -108,6 +112,9 @@ class Runner:
             for job in batch:
                 for rcpt, outcome in job.results:
                     self._txlog.system(f"Delivery {job.envelope.msgid} to <{rcpt}>: {outcome}")
+                if self.on_remote is not None and not all(
+                        r.local for r in job.envelope.recipients):
+                    self.on_remote(job.envelope.msgid)
 
     def _requeue(self, batch: list[_Job]) -> None:
         for job in batch:

@@ -1,0 +1,413 @@
+"""One outgoing SMTP session: mailferry as a client, delivering one message to one destination.
+
+Called by the remote runner with the recipients of one domain (or everything, for a smart host).
+It routes (MX per RFC 5321 §5.1 via dns.mx, or the smart host), connects to each host in order
+until one answers, speaks ESMTP through our own sans-I/O client helpers (smtp.client) so that
+every line sent and received is in the transaction log exactly as on the wire, and returns an
+outcome per recipient: delivered, deferred (4xx, or any failure before a reply) or failed (5xx).
+
+Each call is its own transaction-log session with a new SID and our own address as the peer.
+The lines written before the connection exists (DNS, connection attempts) are held until we know
+which local address the connection uses, so that every line of the session carries it.
+
+Must not: touch the queue or decide retries (the runner does); raise for anything the network does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mailferry.config import Config
+from mailferry.dns import mx
+from mailferry.dns.resolver import Resolver, Status
+from mailferry.ids import SessionIdPool
+from mailferry.smtp.client import (
+    ClientReply,
+    ProtocolError,
+    ReplyReader,
+    encode_data,
+    mail_command,
+    parse_ehlo,
+    rcpt_command,
+)
+from mailferry.txlog import format as fmt
+from mailferry.txlog.writer import TxLog
+
+DELIVERED, DEFERRED, FAILED = "delivered", "deferred", "failed"
+_STATUS_WORD = {DELIVERED: "OK", DEFERRED: "DEFERRED", FAILED: "FAILED"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # DELIVERED / DEFERRED / FAILED
+    reply: str  # what the remote said ("550 5.1.1 ...") or what went wrong before any reply
+    remote: str = ""  # "mx1.example.net [192.0.2.7]"
+    enhanced: str = ""  # RFC 3463 status for the DSN
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    address: str
+    port: int
+
+
+class _HostFailed(Exception):
+    """This host cannot take the message now (no connection, bad greeting, TLS failure): the
+    next host is tried; if none is left, every recipient is deferred with this reason."""
+
+
+class _RetryWithoutVerify(Exception):
+    """The certificate did not verify: reconnect and use TLS without verification (RFC 7435)."""
+
+
+class _Log:
+    """Session log lines, held until the local address is known."""
+
+    def __init__(self, txlog: TxLog, sid: str, fallback_ip: str) -> None:
+        self._txlog = txlog
+        self._sid = sid
+        self._fallback = fallback_ip
+        self._held: list[str] = []
+        self._prefix: str | None = None
+
+    def bind(self, local_ip: str) -> None:
+        if self._prefix is None:
+            self._prefix = fmt.prefix(local_ip, self._sid)
+            for body in self._held:
+                self._txlog.append(self._prefix, body)
+            self._held.clear()
+
+    def __call__(self, body: str) -> None:
+        if self._prefix is None:
+            self._held.append(body)
+        else:
+            self._txlog.append(self._prefix, body)
+
+    def close(self) -> None:
+        self.bind(self._fallback)
+        self(fmt.DISCONNECTED)
+        self._txlog.flush()
+
+
+class Outbound:
+    def __init__(self, config: Config, txlog: TxLog, sids: SessionIdPool,
+                 resolver: Resolver) -> None:
+        self._config = config
+        self._txlog = txlog
+        self._sids = sids
+        self._resolver = resolver
+        delivery = config.delivery
+        self._fallback_ip = delivery.source_address or (
+            config.listeners[0].host if config.listeners else "0.0.0.0")
+        self._verify_ctx = ssl.create_default_context(
+            cafile=str(delivery.tls_ca_file) if delivery.tls_ca_file else None)
+        self._verify_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._plain_ctx = ssl.create_default_context()
+        self._plain_ctx.check_hostname = False
+        self._plain_ctx.verify_mode = ssl.CERT_NONE
+        self._plain_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+
+    # --- routing ----------------------------------------------------------------------------------
+    async def deliver(self, domain: str, msgid: str, sender: str, message: bytes,
+                      rcpts: Sequence[str], *, smart_host: bool = False) -> list[Outcome]:
+        """Deliver to ``rcpts`` (all in ``domain``); one Outcome per recipient, in order."""
+        sid = self._sids.acquire()
+        log = _Log(self._txlog, sid, self._fallback_ip)
+        try:
+            started = time.monotonic()
+            targets, failure = await self._route(domain, log, smart_host)
+            if failure is None:
+                outcomes, failure = await self._try_hosts(targets, log, msgid, sender, message,
+                                                           rcpts)
+                if outcomes is not None:
+                    return outcomes
+            # No server answered for these recipients: the outcome still gets its *** lines.
+            log(f"Not delivered: {failure.reply}")
+            return _summarize(log, msgid, sender, rcpts, len(message), started,
+                              [failure] * len(rcpts))
+        except Exception as exc:  # never let a bug lose track of a message: retry later
+            log(f"Internal error during delivery: {type(exc).__name__}; will retry")
+            return [Outcome(DEFERRED, "451 4.3.0 local error during delivery")] * len(rcpts)
+        finally:
+            log.close()
+            self._sids.release(sid)
+
+    async def _route(self, domain: str, log: _Log, smart_host: bool
+                     ) -> tuple[list[Target], Outcome | None]:
+        port = self._config.delivery.port
+        relay = self._config.relay.host
+        if smart_host and relay is not None:
+            host, relay_port = relay
+            if _is_ip(host):
+                return [Target(host, host, relay_port)], None
+            answer = await self._resolver.addresses(host)
+            log(f"DNS query A/AAAA {host} (smart host): {answer.detail}")
+            if answer.status is Status.OK:
+                return [Target(host, a, relay_port) for a in answer.records], None
+            status = DEFERRED if answer.status is Status.TEMPFAIL else FAILED
+            return [], Outcome(status, f"smart host {host}: {answer.detail}",
+                               enhanced="4.4.3" if status == DEFERRED else "5.4.4")
+        route = await mx.route(self._resolver, domain, self._config.delivery.max_mx_hosts)
+        log(f"DNS query MX {domain}: {route.detail}")
+        if route.outcome == "tempfail":
+            return [], Outcome(DEFERRED, f"DNS lookup for {domain} failed: {route.detail}",
+                               enhanced="4.4.3")
+        if route.outcome == "permfail":
+            reply = route.reply
+            text = " ".join(reply.lines) if reply is not None else route.detail
+            return [], Outcome(FAILED, text, enhanced=reply.enhanced if reply else "5.1.2")
+        return [Target(h.name, a, port) for h in route.hosts for a in h.addresses], None
+
+    async def _try_hosts(self, targets: list[Target], log: _Log, msgid: str, sender: str,
+                         message: bytes, rcpts: Sequence[str]
+                         ) -> tuple[list[Outcome] | None, Outcome]:
+        """The outcomes from the first host that took the transaction, or None and why no
+        host did."""
+        last = "no mail server to try"
+        for target in targets:
+            verify = self._config.delivery.tls != "off"
+            for _ in range(2):  # a second time only after a certificate failed to verify
+                try:
+                    done = await self._session(target, log, msgid, sender, message, rcpts,
+                                               verify=verify)
+                    return done, done[0]
+                except _RetryWithoutVerify:
+                    verify = False
+                    continue
+                except _HostFailed as exc:
+                    last = str(exc)
+                    break
+        return None, Outcome(DEFERRED, last, enhanced="4.4.1")
+
+    # --- one connection ---------------------------------------------------------------------------
+    async def _session(self, target: Target, log: _Log, msgid: str, sender: str, message: bytes,
+                       rcpts: Sequence[str], *, verify: bool) -> list[Outcome]:
+        d = self._config.delivery
+        where = f"{target.name} [{target.address}]:{target.port}"
+        log(f"Connecting to {where}")
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    target.address, target.port,
+                    local_addr=(d.source_address, 0) if d.source_address else None),
+                d.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            reason = _reason(exc)
+            log(f"Connecting to {where} failed: {reason}")
+            raise _HostFailed(f"{target.name} [{target.address}]: {reason}") from None
+        sock = writer.get_extra_info("sockname")
+        log.bind(str(sock[0]) if sock else self._fallback_ip)
+        log(fmt.CONNECTED)
+        conn = _Conn(reader, writer, log, d.command_timeout, target)
+        try:
+            return await self._dialogue(conn, msgid, sender, message, rcpts, verify=verify)
+        except (OSError, TimeoutError, ProtocolError, asyncio.IncompleteReadError) as exc:
+            reason = _reason(exc)
+            log(f"Connection to {target.name} [{target.address}] failed: {reason}")
+            if conn.data_sent:
+                # RFC 5321 §6.1: after the data went out, a lost reply means we cannot know;
+                # deliver again later (a duplicate is better than a loss).
+                return [Outcome(DEFERRED, f"lost connection after data: {reason}",
+                                conn.remote, "4.4.2")] * len(rcpts)
+            raise _HostFailed(f"{target.name} [{target.address}]: {reason}") from None
+        finally:
+            conn.close()
+
+    async def _dialogue(self, conn: _Conn, msgid: str, sender: str, message: bytes,
+                        rcpts: Sequence[str], *, verify: bool) -> list[Outcome]:
+        hostname = self._config.server.hostname
+        greeting = await conn.reply()
+        if not greeting.is_positive:
+            await conn.quit()
+            raise _HostFailed(f"{conn.remote} greeted with {_line(greeting)}")
+        ext = await self._hello(conn, hostname)
+        if "STARTTLS" in ext and self._config.delivery.tls != "off":
+            ext = await self._starttls(conn, hostname, verify=verify)
+        started = time.monotonic()
+        size_limit = ext.get("SIZE", "")
+        if size_limit.isdigit() and int(size_limit) and len(message) > int(size_limit):
+            text = f"message of {len(message)} bytes exceeds {conn.remote}'s limit of {size_limit}"
+            conn.log(text)
+            await conn.quit()
+            return _summarize(conn.log, msgid, sender, rcpts, len(message), started,
+                                   [Outcome(FAILED, f"552 5.3.4 {text}", conn.remote, "5.3.4")]
+                                   * len(rcpts))
+        eight_bit = not message.isascii()
+        commands = [mail_command(sender, len(message), eight_bit, ext)]
+        commands += [rcpt_command(r) for r in rcpts]
+        pipelining = "PIPELINING" in ext
+        replies = await conn.commands(commands, pipelining=pipelining)
+        mail_reply, rcpt_replies = replies[0], replies[1:]
+        if not mail_reply.is_positive:
+            await conn.quit()
+            outcome = _outcome_of(mail_reply, conn.remote)
+            if outcome.status == DEFERRED:
+                raise _HostFailed(f"{conn.remote} said {_line(mail_reply)}")
+            return _summarize(conn.log, msgid, sender, rcpts, len(message), started,
+                                   [outcome] * len(rcpts))
+        outcomes: list[Outcome | None] = [
+            None if r.is_positive else _outcome_of(r, conn.remote) for r in rcpt_replies]
+        if all(o is not None for o in outcomes):
+            await conn.quit()
+            return _summarize(conn.log, msgid, sender, rcpts, len(message), started,
+                                   [o for o in outcomes if o is not None])
+        [data_reply] = await conn.commands(["DATA"], pipelining=False)
+        if data_reply.code != 354:
+            final = _outcome_of(data_reply, conn.remote) if not data_reply.is_positive else \
+                Outcome(DEFERRED, f"unexpected reply to DATA: {_line(data_reply)}",
+                        conn.remote, "4.5.0")
+        else:
+            final_reply = await conn.send_data(encode_data(message),
+                                               self._config.delivery.data_timeout)
+            final = _outcome_of(final_reply, conn.remote)
+        result = [o if o is not None else final for o in outcomes]
+        await conn.quit()
+        return _summarize(conn.log, msgid, sender, rcpts, len(message), started, result)
+
+    async def _hello(self, conn: _Conn, hostname: str) -> dict[str, str]:
+        [ehlo] = await conn.commands([f"EHLO {hostname}"], pipelining=False)
+        if ehlo.is_positive:
+            return parse_ehlo(ehlo)
+        # RFC 5321 §3.2: a server that does not know EHLO answers 5xx; fall back to HELO.
+        [helo] = await conn.commands([f"HELO {hostname}"], pipelining=False)
+        if not helo.is_positive:
+            await conn.quit()
+            raise _HostFailed(f"{conn.remote} refused HELO: {_line(helo)}")
+        return {}
+
+    async def _starttls(self, conn: _Conn, hostname: str, *, verify: bool) -> dict[str, str]:
+        [ready] = await conn.commands(["STARTTLS"], pipelining=False)
+        if ready.code != 220:
+            conn.log(f"STARTTLS refused ({_line(ready)}); continuing without TLS")
+            return await self._hello(conn, hostname)
+        ctx = self._verify_ctx if verify else self._plain_ctx
+        try:
+            await conn.start_tls(ctx, conn.target.name if verify else None)
+        except ssl.SSLCertVerificationError as exc:
+            conn.log(f"TLS certificate of {conn.remote} did not verify ({exc.verify_message});"
+                     " reconnecting for opportunistic TLS without verification (RFC 7435)")
+            raise _RetryWithoutVerify from None
+        except (ssl.SSLError, OSError) as exc:
+            raise _HostFailed(f"TLS handshake with {conn.remote} failed: {_reason(exc)}") from None
+        ssl_obj = conn.writer.get_extra_info("ssl_object")
+        version = ssl_obj.version() if ssl_obj else "?"
+        cipher = ssl_obj.cipher()[0] if ssl_obj and ssl_obj.cipher() else "?"
+        conn.log(f"TLS established: {version} {cipher}, certificate "
+                 f"{'verified' if verify else 'not verified'}")
+        # RFC 3207 §4.2: forget what the server said before TLS and ask again.
+        return await self._hello(conn, hostname)
+
+class _Conn:
+    """The socket side of one client session: send commands, read replies, log both."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, log: _Log,
+                 timeout: float, target: Target) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.log = log
+        self.timeout = timeout
+        self.target = target
+        self.remote = f"{target.name} [{target.address}]"
+        self.replies = ReplyReader()
+        self.data_sent = False
+
+    async def reply(self, timeout: float | None = None) -> ClientReply:
+        while True:
+            got = self.replies.next_reply()
+            if got is not None:
+                for line in got.raw_lines:
+                    self.log(fmt.received(fmt.sanitize(line)))
+                return got
+            chunk = await asyncio.wait_for(self.reader.read(65536), timeout or self.timeout)
+            if not chunk:
+                raise ConnectionResetError("connection closed by the server")
+            self.replies.feed(chunk)
+
+    async def commands(self, lines: list[str], *, pipelining: bool) -> list[ClientReply]:
+        """Send commands and read one reply each. With PIPELINING (RFC 2920) they go out in one
+        write and the replies are read afterwards, in order."""
+        if pipelining:
+            for line in lines:
+                self.log(fmt.sent(line))
+            self.writer.write("".join(f"{line}\r\n" for line in lines).encode("ascii"))
+            await self.writer.drain()
+            return [await self.reply() for _ in lines]
+        replies = []
+        for line in lines:
+            self.log(fmt.sent(line))
+            self.writer.write(f"{line}\r\n".encode("ascii"))
+            await self.writer.drain()
+            replies.append(await self.reply())
+        return replies
+
+    async def send_data(self, payload: bytes, timeout: float) -> ClientReply:
+        started = time.monotonic()
+        self.writer.write(payload)
+        self.data_sent = True
+        await self.writer.drain()
+        self.log(fmt.data_bytes(">>>", len(payload), max(time.monotonic() - started, 1e-6)))
+        return await self.reply(timeout)
+
+    async def start_tls(self, ctx: ssl.SSLContext, server_hostname: str | None) -> None:
+        # Anything the server sent after its 220 in the clear is discarded with the old reader.
+        self.replies = ReplyReader()
+        await asyncio.wait_for(self.writer.start_tls(ctx, server_hostname=server_hostname),
+                               self.timeout)
+
+    async def quit(self) -> None:
+        try:
+            self.log(fmt.sent("QUIT"))
+            self.writer.write(b"QUIT\r\n")
+            await self.writer.drain()
+            await self.reply(timeout=min(self.timeout, 10.0))
+        except (OSError, TimeoutError, ProtocolError):
+            pass  # the outcome is already known; a server that hangs up on QUIT changes nothing
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _summarize(log: _Log, msgid: str, sender: str, rcpts: Sequence[str], size: int,
+               started: float, outcomes: list[Outcome]) -> list[Outcome]:
+    """One ``***`` line per recipient, with the message ID of the receiving session."""
+    duration = fmt.hms(time.monotonic() - started)
+    for rcpt, outcome in zip(rcpts, outcomes, strict=True):
+        log(fmt.summary(sender, rcpt, len(rcpts), size, duration,
+                        _STATUS_WORD[outcome.status], msgid))
+    return outcomes
+
+
+def _outcome_of(reply: ClientReply, remote: str) -> Outcome:
+    status = DELIVERED if reply.is_positive else DEFERRED if reply.is_temporary else FAILED
+    enhanced = reply.enhanced or ("2.0.0" if status == DELIVERED else
+                                  "4.0.0" if status == DEFERRED else "5.0.0")
+    return Outcome(status, _line(reply), remote, enhanced)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+def _line(reply: ClientReply) -> str:
+    """``550 5.1.1 text`` on one line, for the log and the DSN."""
+    return f"{reply.code} {reply.text}"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
