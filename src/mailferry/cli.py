@@ -20,6 +20,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from mailferry.config import Config, ConfigError, default_config, load_config
+from mailferry.tracker.cli import report, trace
 from mailferry.verify.users import Directory, DirectoryError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -235,6 +236,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         _error(f"unexpected {type(err).__name__}: {err} (MAILFERRY_DEBUG=1 shows where)", 1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+# Reading logs is its own package (it runs on a copied log file, without a server).
+cli.add_command(trace)
+cli.add_command(report)
 
 
 def _error(message: str, code: int) -> NoReturn:

@@ -209,7 +209,7 @@ def test_route_permanent_failures(resolver: Resolver) -> None:
     assert (nx.outcome, nx.reply) == ("permfail", DOMAIN_NOT_FOUND)
     assert (null.outcome, null.reply) == ("permfail", NULL_MX)
     assert null.reply is not None
-    assert null.reply.lines == ["556 5.1.10 Recipient address has null MX"]
+    assert null.reply.lines == ("556 5.1.10 Recipient address has null MX",)
     assert (nothing.outcome, nothing.reply) == ("permfail", NO_ROUTE)
     assert (dead_targets.outcome, dead_targets.reply) == ("permfail", NO_ROUTE)
     assert "mail.mx-only.test: NXDOMAIN" in dead_targets.detail

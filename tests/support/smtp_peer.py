@@ -34,7 +34,7 @@ class Peer:
     datas_seen: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,  # noqa: N802
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         with self.lock:
             self.rcpts_seen += 1
@@ -43,7 +43,7 @@ class Peer:
             envelope.rcpt_tos.append(address)
         return answer
 
-    async def handle_DATA(self, server: SMTP, session: Session,  # noqa: N802
+    async def handle_DATA(self, server: SMTP, session: Session,
                           envelope: Envelope) -> str:
         with self.lock:
             self.datas_seen += 1

@@ -154,7 +154,13 @@ class Outbound:
             return [], Outcome(status, f"smart host {host}: {answer.detail}",
                                enhanced="4.4.3" if status == DEFERRED else "5.4.4")
         route = await mx.route(self._resolver, domain, self._config.delivery.max_mx_hosts)
-        log(f"DNS query MX {domain}: {route.detail}")
+        if route.outcome != "hosts":
+            log(fmt.dns_mx_failed(domain, route.detail))
+        elif route.mx:
+            log(fmt.dns_mx(domain, [(host, pref) for pref, host in route.mx]))
+            log(f"Route: {route.detail}")
+        else:
+            log(fmt.dns_mx_failed(domain, f"no MX records; {route.detail}"))
         if route.outcome == "tempfail":
             return [], Outcome(DEFERRED, f"DNS lookup for {domain} failed: {route.detail}",
                                enhanced="4.4.3")
@@ -189,8 +195,7 @@ class Outbound:
     async def _session(self, target: Target, log: _Log, msgid: str, sender: str, message: bytes,
                        rcpts: Sequence[str], *, verify: bool) -> list[Outcome]:
         d = self._config.delivery
-        where = f"{target.name} [{target.address}]:{target.port}"
-        log(f"Connecting to {where}")
+        log(fmt.connecting(target.name, target.address, target.port))
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(
@@ -199,7 +204,7 @@ class Outbound:
                 d.connect_timeout)
         except (OSError, TimeoutError) as exc:
             reason = _reason(exc)
-            log(f"Connecting to {where} failed: {reason}")
+            log(fmt.connecting(target.name, target.address, target.port, reason))
             raise _HostFailed(f"{target.name} [{target.address}]: {reason}") from None
         sock = writer.get_extra_info("sockname")
         log.bind(str(sock[0]) if sock else self._fallback_ip)

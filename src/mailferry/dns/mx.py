@@ -72,6 +72,7 @@ class Route:
     detail: str
     hosts: tuple[MxHost, ...] = ()
     reply: Reply | None = None
+    mx: tuple[MxRecord, ...] = ()  # the MX answer as received (empty for implicit MX)
 
 
 async def route(
@@ -116,7 +117,8 @@ async def route(
     found = ", ".join(f"{h.name} [{', '.join(h.addresses)}]" for h in hosts)
     why = f"; skipped {'; '.join(skipped)}" if skipped else ""
     if hosts:
-        return Route("hosts", f"{domain}: {source} -> {found}{why}", hosts=tuple(hosts))
+        return Route("hosts", f"{domain}: {source} -> {found}{why}", hosts=tuple(hosts),
+                     mx=tuple(mx.records) if mx.status is Status.OK else ())
     # RFC 5321 §5.1: MX records present but none usable (or an unusable implicit MX) is an error.
     # It is temporary if any lookup might succeed later.
     if tempfailed:

@@ -33,7 +33,6 @@ _STATUS_RE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}\Z")  # RFC 3463 §2
 _SMTP_REPLY_RE = re.compile(r"[2-5]\d\d(?: |-|\Z)")
 _WS_RE = re.compile(r"[\x00-\x20\x7f]+")
 _BCHARS_RE = re.compile(r"[^0-9A-Za-z'()+_,\-./:=?]")  # RFC 2046 §5.1.1 bchars, minus space
-_HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +40,7 @@ class RecipientStatus:
     recipient: str  # the final address delivery was tried for
     original: str  # as given in RCPT TO
     action: Literal["failed", "delayed"]
-    status: str  # RFC 3463 code: 5.x.x for failed, 4.x.x for delayed (RFC 3464 §2.3.4)
+    status: str  # RFC 3463 code: 5.x.x (or 4.x.x when given up on) for failed, 4.x.x for delayed
     diagnostic: str | None  # the remote reply ("550 5.1.1 ...") or a local reason
     remote_mta: str | None  # host name of the server that answered
     last_attempt: float | None
@@ -137,9 +136,9 @@ def _human(kind: str, reporting_mta: str, failures: Sequence[RecipientStatus],
            postmaster: str) -> list[str]:
     if kind == "failure":
         intro = ("Your message could not be delivered to the recipients below. The mail "
-                 "system has given up on them; it will not try again. The reason each "
-                 "recipient's mail server gave is quoted. The headers of your message are "
-                 "attached; the message itself is not.")
+                 "system has given up on them; it will not try again. Below each one is "
+                 "the reason, quoted from the receiving mail server when it gave one. The "
+                 "headers of your message are attached; the message itself is not.")
     else:
         until = [s.will_retry_until for s in failures if s.will_retry_until is not None]
         when = f" until {_date(max(until))}" if until else ""
@@ -190,13 +189,20 @@ def _delivery_status(reporting_mta: str, envelope: Envelope,
 
 
 def _header_section(message: bytes) -> bytes:
-    """The original's header section, CRLF line ends, without the blank line or the body."""
-    if message.startswith((b"\r\n", b"\n")):
-        return b""  # no header section at all
-    m = _HEADER_END_RE.search(message)
-    head = message[: m.start()] if m else message  # no blank line: it is all header
-    head = head.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-    return head + b"\r\n" if head else b""
+    """The original's header section, CRLF line ends, without the blank line or the body.
+
+    Line ends are read as ``smtp.client.encode_data`` reads them (CRLF, lone CR, lone LF are one
+    line end each), so the split agrees with what a later relay of the original would send.
+    """
+    if b"\r" in message or b"\n" in message:
+        message = message.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    if message.startswith(b"\r\n"):
+        return b""  # RFC 5322 §2.1: an empty line first means no header fields at all
+    end = message.find(b"\r\n\r\n")
+    if end >= 0:
+        return message[: end + 2]
+    # No blank line: the whole message is header (RFC 5322 §3.5 makes the body optional).
+    return message if not message or message.endswith(b"\r\n") else message + b"\r\n"
 
 
 def _boundary(dsn_msgid: str, reporting_mta: str, parts: Sequence[bytes]) -> str:
@@ -219,8 +225,11 @@ def _check(kind: str, failures: Sequence[RecipientStatus]) -> None:
             raise ValueError(f"{kind} DSN for a recipient with action {s.action!r}")
         if not _STATUS_RE.match(s.status):
             raise ValueError(f"bad status code {s.status!r}")
-        # RFC 3464 §2.3.4: failed goes with 5.X.X, delayed with 4.X.X.
-        if s.status[0] != ("5" if s.action == "failed" else "4"):
+        # RFC 3463 §3.1: 4.X.X may accompany a failure report ("persistence of some temporary
+        # condition has caused abandonment", e.g. 4.4.7 when the lifetime ran out, as Postfix
+        # reports it); a delay is never permanent, and neither is ever a success (2.X.X).
+        allowed = ("4", "5") if s.action == "failed" else ("4",)
+        if s.status[0] not in allowed:
             raise ValueError(f"status {s.status} does not match action {s.action}")
 
 

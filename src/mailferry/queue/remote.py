@@ -41,6 +41,7 @@ from mailferry.queue.state import (
     StateStore,
 )
 from mailferry.queue.store import QueueStore
+from mailferry.txlog import format as fmt
 from mailferry.txlog.writer import TxLog
 
 log = logging.getLogger("mailferry.remote")
@@ -205,7 +206,7 @@ class RemoteRunner:
                 at = time.strftime("%H:%M:%S", time.localtime(nxt))
                 self._txlog.system(
                     f"Deferred {msgid} to <{envelope.recipients[i].address}>: {outcome.reply};"
-                    f" attempt {r.attempts}, next at {at}")
+                    f" attempt {r.attempts}; {fmt.next_retry(at)}")
         # Final outcomes are fsynced before the bounce or the removal that follows them.
         self._states.record(msgid, i, r, durable=r.status != "pending")
         if expired:
@@ -252,9 +253,11 @@ class RemoteRunner:
         spool = self._store.spool(dsn_id)
         spool.write(data)
         await self._store.commit(dsn_env, b"", spool)
-        what = "Bounce" if kind == "failure" else "Delay warning"
-        self._txlog.system(f"{what} {dsn_id} for {envelope.msgid} to <{to}>: "
-                           + ", ".join(f"<{s.recipient}> {s.status}" for s in statuses))
+        reason = f"to <{to}>: " + ", ".join(f"<{s.recipient}> {s.status}" for s in statuses)
+        if kind == "failure":
+            self._txlog.system(fmt.bounce_created(dsn_id, envelope.msgid, reason))
+        else:
+            self._txlog.system(f"Delay warning {dsn_id} for {envelope.msgid} {reason}")
         self._enqueue_local(dsn_env, data)
 
     def _finish(self, msgid: str) -> None:

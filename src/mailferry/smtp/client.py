@@ -105,6 +105,9 @@ class ReplyReader:
     the server side a client gains nothing by refusing bare LF (a reply is never relayed, so there
     is no smuggling risk) and would make mail undeliverable to sloppy servers Postfix talks to.
     After a :class:`ProtocolError` the reader stays failed: the session must be dropped.
+
+    Memory is bounded as long as the caller drains with ``next_reply`` after every ``feed``:
+    an unfinished line fails as soon as it passes ``max_line``, a reply at ``max_lines``.
     """
 
     def __init__(self, *, max_line: int = MAX_REPLY_LINE,
