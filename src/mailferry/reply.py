@@ -20,8 +20,13 @@ class Reply:
     wire: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        texts = (self.text,) if isinstance(self.text, str) else self.text
         prefix = f"{self.enhanced} " if self.enhanced else ""
+        if isinstance(self.text, str):  # the common case, built per message: keep it cheap
+            line = f"{self.code} {prefix}{self.text}"
+            object.__setattr__(self, "lines", (line,))
+            object.__setattr__(self, "wire", line.encode("ascii", "replace") + b"\r\n")
+            return
+        texts = self.text
         last = len(texts) - 1
         # RFC 5321 §4.2.1: "250-first" ... "250 last"; the enhanced code goes on every line of
         # a multi-line reply (RFC 2034 §4).
