@@ -105,8 +105,11 @@ class Outbound:
         delivery = config.delivery
         self._fallback_ip = delivery.source_address or (
             config.listeners[0].host if config.listeners else "0.0.0.0")
-        self._verify_ctx = ssl.create_default_context(
-            cafile=str(delivery.tls_ca_file) if delivery.tls_ca_file else None)
+        # The system's CAs plus the configured ones (docs/config.md: "extra" CAs). Passing
+        # cafile to create_default_context would load that file *instead of* the system store.
+        self._verify_ctx = ssl.create_default_context()
+        if delivery.tls_ca_file:
+            self._verify_ctx.load_verify_locations(cafile=str(delivery.tls_ca_file))
         self._verify_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         self._plain_ctx = ssl.create_default_context()
         self._plain_ctx.check_hostname = False
@@ -119,24 +122,47 @@ class Outbound:
         """Deliver to ``rcpts`` (all in ``domain``); one Outcome per recipient, in order."""
         sid = self._sids.acquire()
         log = _Log(self._txlog, sid, self._fallback_ip)
+        started = time.monotonic()
         try:
-            started = time.monotonic()
-            targets, failure = await self._route(domain, log, smart_host)
-            if failure is None:
-                outcomes, failure = await self._try_hosts(targets, log, msgid, sender, message,
-                                                           rcpts)
-                if outcomes is not None:
-                    return outcomes
-            # No server answered for these recipients: the outcome still gets its *** lines.
-            log(f"Not delivered: {failure.reply}")
-            return _summarize(log, msgid, sender, rcpts, len(message), started,
-                              [failure] * len(rcpts))
+            # Addresses that cannot go into a command (not ASCII, control characters: possible
+            # through an alias target) fail here, for good, without a connection; the others
+            # are delivered as usual.
+            invalid = _invalid_addresses(sender, rcpts)
+            refused = [(r, bad) for r, bad in zip(rcpts, invalid, strict=True) if bad is not None]
+            for rcpt, bad in refused:
+                log(f"Not delivered to <{fmt.sanitize(rcpt)}>: {bad.reply}")
+            valid = [r for r, bad in zip(rcpts, invalid, strict=True) if bad is None]
+            outcomes: list[Outcome] = []
+            if valid:
+                outcomes = await self._deliver_valid(domain, log, msgid, sender, message, valid,
+                                                     started, smart_host, len(rcpts))
+            _summarize(log, msgid, sender, [r for r, _ in refused], len(message), started,
+                       [bad for _, bad in refused], count=len(rcpts))
+            done = iter(outcomes)
+            return [bad if bad is not None else next(done) for bad in invalid]
         except Exception as exc:  # never let a bug lose track of a message: retry later
             log(f"Internal error during delivery: {type(exc).__name__}; will retry")
-            return [Outcome(DEFERRED, "451 4.3.0 local error during delivery")] * len(rcpts)
+            failed = [Outcome(DEFERRED, "451 4.3.0 local error during delivery",
+                              enhanced="4.3.0")] * len(rcpts)
+            return _summarize(log, msgid, sender, rcpts, len(message), started, failed,
+                              count=len(rcpts))
         finally:
             log.close()
             self._sids.release(sid)
+
+    async def _deliver_valid(self, domain: str, log: _Log, msgid: str, sender: str,
+                             message: bytes, rcpts: Sequence[str], started: float,
+                             smart_host: bool, count: int) -> list[Outcome]:
+        targets, failure = await self._route(domain, log, smart_host)
+        if failure is None:
+            outcomes, failure = await self._try_hosts(targets, log, msgid, sender, message,
+                                                       rcpts, count)
+            if outcomes is not None:
+                return outcomes
+        # No server answered for these recipients: the outcome still gets its *** lines.
+        log(f"Not delivered: {failure.reply}")
+        return _summarize(log, msgid, sender, rcpts, len(message), started,
+                          [failure] * len(rcpts), count=count)
 
     async def _route(self, domain: str, log: _Log, smart_host: bool
                      ) -> tuple[list[Target], Outcome | None]:
@@ -171,7 +197,7 @@ class Outbound:
         return [Target(h.name, a, port) for h in route.hosts for a in h.addresses], None
 
     async def _try_hosts(self, targets: list[Target], log: _Log, msgid: str, sender: str,
-                         message: bytes, rcpts: Sequence[str]
+                         message: bytes, rcpts: Sequence[str], count: int
                          ) -> tuple[list[Outcome] | None, Outcome]:
         """The outcomes from the first host that took the transaction, or None and why no
         host did."""
@@ -181,7 +207,7 @@ class Outbound:
             for _ in range(2):  # a second time only after a certificate failed to verify
                 try:
                     done = await self._session(target, log, msgid, sender, message, rcpts,
-                                               verify=verify)
+                                               count, verify=verify)
                     return done, done[0]
                 except _RetryWithoutVerify:
                     verify = False
@@ -193,7 +219,7 @@ class Outbound:
 
     # --- one connection ---------------------------------------------------------------------------
     async def _session(self, target: Target, log: _Log, msgid: str, sender: str, message: bytes,
-                       rcpts: Sequence[str], *, verify: bool) -> list[Outcome]:
+                       rcpts: Sequence[str], count: int, *, verify: bool) -> list[Outcome]:
         d = self._config.delivery
         log(fmt.connecting(target.name, target.address, target.port))
         try:
@@ -211,7 +237,8 @@ class Outbound:
         log(fmt.CONNECTED)
         conn = _Conn(reader, writer, log, d.command_timeout, target)
         try:
-            return await self._dialogue(conn, msgid, sender, message, rcpts, verify=verify)
+            return await self._dialogue(conn, msgid, sender, message, rcpts, count,
+                                        verify=verify)
         except (OSError, TimeoutError, ProtocolError, asyncio.IncompleteReadError) as exc:
             reason = _reason(exc)
             log(f"Connection to {target.name} [{target.address}] failed: {reason}")
@@ -225,7 +252,7 @@ class Outbound:
             conn.close()
 
     async def _dialogue(self, conn: _Conn, msgid: str, sender: str, message: bytes,
-                        rcpts: Sequence[str], *, verify: bool) -> list[Outcome]:
+                        rcpts: Sequence[str], count: int, *, verify: bool) -> list[Outcome]:
         hostname = self._config.server.hostname
         greeting = await conn.reply()
         if not greeting.is_positive:
@@ -241,27 +268,33 @@ class Outbound:
             conn.log(text)
             await conn.quit()
             return _summarize(conn.log, msgid, sender, rcpts, len(message), started,
-                                   [Outcome(FAILED, f"552 5.3.4 {text}", conn.remote, "5.3.4")]
-                                   * len(rcpts))
+                              [Outcome(FAILED, f"552 5.3.4 {text}", conn.remote, "5.3.4")]
+                              * len(rcpts), count=count)
         eight_bit = not message.isascii()
-        commands = [mail_command(sender, len(message), eight_bit, ext)]
-        commands += [rcpt_command(r) for r in rcpts]
-        pipelining = "PIPELINING" in ext
-        replies = await conn.commands(commands, pipelining=pipelining)
-        mail_reply, rcpt_replies = replies[0], replies[1:]
+        mail = mail_command(sender, len(message), eight_bit, ext)
+        rcpt_lines = [rcpt_command(r) for r in rcpts]
+        if "PIPELINING" in ext:
+            replies = await conn.commands([mail, *rcpt_lines], pipelining=True)
+            mail_reply, rcpt_replies = replies[0], replies[1:]
+        else:
+            # Without PIPELINING each reply is awaited anyway: after a refused MAIL the RCPTs
+            # would only collect "503 bad sequence" replies, so they are not sent.
+            [mail_reply] = await conn.commands([mail], pipelining=False)
+            rcpt_replies = await conn.commands(rcpt_lines, pipelining=False) \
+                if mail_reply.is_positive else []
         if not mail_reply.is_positive:
             await conn.quit()
             outcome = _outcome_of(mail_reply, conn.remote)
             if outcome.status == DEFERRED:
                 raise _HostFailed(f"{conn.remote} said {_line(mail_reply)}")
             return _summarize(conn.log, msgid, sender, rcpts, len(message), started,
-                                   [outcome] * len(rcpts))
+                              [outcome] * len(rcpts), count=count)
         outcomes: list[Outcome | None] = [
             None if r.is_positive else _outcome_of(r, conn.remote) for r in rcpt_replies]
         if all(o is not None for o in outcomes):
             await conn.quit()
             return _summarize(conn.log, msgid, sender, rcpts, len(message), started,
-                                   [o for o in outcomes if o is not None])
+                              [o for o in outcomes if o is not None], count=count)
         [data_reply] = await conn.commands(["DATA"], pipelining=False)
         if data_reply.code != 354:
             final = _outcome_of(data_reply, conn.remote) if not data_reply.is_positive else \
@@ -273,12 +306,18 @@ class Outbound:
             final = _outcome_of(final_reply, conn.remote)
         result = [o if o is not None else final for o in outcomes]
         await conn.quit()
-        return _summarize(conn.log, msgid, sender, rcpts, len(message), started, result)
+        return _summarize(conn.log, msgid, sender, rcpts, len(message), started, result,
+                          count=count)
 
     async def _hello(self, conn: _Conn, hostname: str) -> dict[str, str]:
         [ehlo] = await conn.commands([f"EHLO {hostname}"], pipelining=False)
-        if ehlo.is_positive:
+        if ehlo.code == 250:
             return parse_ehlo(ehlo)
+        if not ehlo.is_permanent:
+            # 421 and other 4xx: the server is unavailable now, not ignorant of EHLO; HELO
+            # would only meet a closed connection. Try the next host / later.
+            await conn.quit()
+            raise _HostFailed(f"{conn.remote} answered EHLO with {_line(ehlo)}")
         # RFC 5321 §3.2: a server that does not know EHLO answers 5xx; fall back to HELO.
         [helo] = await conn.commands([f"HELO {hostname}"], pipelining=False)
         if not helo.is_positive:
@@ -379,13 +418,45 @@ class _Conn:
 
 
 def _summarize(log: _Log, msgid: str, sender: str, rcpts: Sequence[str], size: int,
-               started: float, outcomes: list[Outcome]) -> list[Outcome]:
-    """One ``***`` line per recipient, with the message ID of the receiving session."""
+               started: float, outcomes: list[Outcome], *, count: int) -> list[Outcome]:
+    """One ``***`` line per recipient, with the message ID of the receiving session. ``count``
+    is the number of recipients this delivery was asked for (the ``<n>`` field)."""
     duration = fmt.hms(time.monotonic() - started)
+    # Addresses may come from an alias target, not from a checked RCPT: a CR or LF in one must
+    # not start a forged log line.
+    shown_sender = fmt.sanitize(sender)
     for rcpt, outcome in zip(rcpts, outcomes, strict=True):
-        log(fmt.summary(sender, rcpt, len(rcpts), size, duration,
+        log(fmt.summary(shown_sender, fmt.sanitize(rcpt), count, size, duration,
                         _STATUS_WORD[outcome.status], msgid))
     return outcomes
+
+
+def _invalid_addresses(sender: str, rcpts: Sequence[str]) -> list[Outcome | None]:
+    """For each recipient, the permanent failure that stops it before any connection, or None.
+
+    ``mail_command``/``rcpt_command`` refuse what cannot be sent without SMTPUTF8 (which this
+    client never asks for) and anything with control characters (command injection). Such an
+    address will not become sendable by waiting, so it fails now instead of being retried
+    until the queue lifetime runs out.
+    """
+    try:
+        mail_command(sender, None, False, {})
+    except ValueError:
+        # RFC 3463 X.1.7: bad sender's mailbox address syntax. Every recipient fails with it.
+        bad = Outcome(FAILED, "553 5.1.7 sender address cannot be sent (not ASCII or control "
+                      "characters)", enhanced="5.1.7")
+        return [bad] * len(rcpts)
+    out: list[Outcome | None] = []
+    for rcpt in rcpts:
+        try:
+            rcpt_command(rcpt)
+        except ValueError:
+            # RFC 3463 X.1.3: bad destination mailbox address syntax.
+            out.append(Outcome(FAILED, "553 5.1.3 recipient address cannot be sent (not ASCII "
+                               "or control characters)", enhanced="5.1.3"))
+        else:
+            out.append(None)
+    return out
 
 
 def _outcome_of(reply: ClientReply, remote: str) -> Outcome:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -30,16 +31,9 @@ from mailferry.delivery.outbound import DEFERRED, DELIVERED, FAILED, Outbound, O
 from mailferry.envelope import Envelope, Recipient
 from mailferry.ids import MessageIdFactory
 from mailferry.queue import bounce, schedule
-from mailferry.queue.state import (
-    DELIVERED as ST_DELIVERED,
-)
-from mailferry.queue.state import (
-    FAILED as ST_FAILED,
-)
-from mailferry.queue.state import (
-    MessageState,
-    StateStore,
-)
+from mailferry.queue.state import DELIVERED as ST_DELIVERED
+from mailferry.queue.state import FAILED as ST_FAILED
+from mailferry.queue.state import PENDING, MessageState, RecipientState, StateStore
 from mailferry.queue.store import QueueStore
 from mailferry.txlog import format as fmt
 from mailferry.txlog.writer import TxLog
@@ -66,6 +60,7 @@ class RemoteRunner:
         self._due: list[tuple[float, str]] = []  # heap of (when, msgid)
         self._queued: set[str] = set()
         self._active: set[str] = set()
+        self._forced: set[str] = set()  # flushed: try every pending recipient, due or not
         self._wakeup = asyncio.Event()
         self._total = asyncio.Semaphore(config.queue.delivery_workers)
         self._per_domain: dict[str, asyncio.Semaphore] = defaultdict(
@@ -84,6 +79,9 @@ class RemoteRunner:
 
     def flush(self) -> None:
         """Retry everything now (like ``postqueue -f``)."""
+        # Moving the heap entries alone is not enough: _deliver skips recipients whose
+        # next_attempt is still ahead, so the flushed messages are marked as well.
+        self._forced.update(m for _, m in self._due)
         self._due = [(0.0, m) for _, m in self._due]
         heapq.heapify(self._due)
         self._wakeup.set()
@@ -133,27 +131,34 @@ class RemoteRunner:
 
     # --- one message ------------------------------------------------------------------------------
     async def _deliver(self, msgid: str) -> None:
-        envelope, message = await asyncio.to_thread(self._store.read, msgid)
+        try:
+            envelope, message = await asyncio.to_thread(self._store.read, msgid)
+        except FileNotFoundError:
+            # Finished meanwhile (a second submission raced with the end of the first attempt):
+            # nothing left to do, and retrying would only fail again forever.
+            log.info("remote delivery of %s: no longer queued", msgid)
+            return
         remote = [i for i, r in enumerate(envelope.recipients) if not r.local]
         state = await asyncio.to_thread(self._states.load, msgid, remote)
+        if state.unbounced():
+            # Failed before a crash that came before the bounce was queued: bounce them now.
+            await self._bounce_failed(envelope, message, state, state.unbounced())
         now = time.time()
-        pending = [i for i in state.pending() if state.recipients[i].next_attempt <= now]
+        forced = msgid in self._forced
+        self._forced.discard(msgid)
+        pending = [i for i in state.pending()
+                   if forced or state.recipients[i].next_attempt <= now]
         by_domain: dict[str, list[int]] = defaultdict(list)
         smart = self._config.relay.host is not None and not self._config.relay.fallback
         for i in pending:
             domain = envelope.recipients[i].address.rpartition("@")[2]
             by_domain["" if smart else domain].append(i)
         results = await asyncio.gather(*(
-            self._deliver_domain(domain, envelope, message, idxs, smart)
+            self._deliver_domain(domain, envelope, message, state, idxs, smart)
             for domain, idxs in by_domain.items()))
-        failed: list[tuple[int, Outcome]] = []
-        now = time.time()
-        for idxs, outcomes in zip(by_domain.values(), results, strict=True):
-            for i, outcome in zip(idxs, outcomes, strict=True):
-                if self._record(msgid, envelope, state, i, outcome, now):
-                    failed.append((i, outcome))
+        failed = [i for idxs in results for i in idxs]
         if failed:
-            await self._bounce(envelope, message, state, failed, "failure")
+            await self._bounce_failed(envelope, message, state, failed)
         if state.pending():
             await self._maybe_warn(envelope, message, state)
             self.submit(msgid, state.due())
@@ -161,7 +166,9 @@ class RemoteRunner:
             await asyncio.to_thread(self._finish, msgid)
 
     async def _deliver_domain(self, domain: str, envelope: Envelope, message: bytes,
-                              idxs: list[int], smart: bool) -> list[Outcome]:
+                              state: MessageState, idxs: list[int], smart: bool) -> list[int]:
+        """Deliver to ``idxs`` (one domain) and record each outcome as soon as it is known.
+        Returns the indexes that failed for good (their bounce is the caller's)."""
         rcpts = [envelope.recipients[i].address for i in idxs]
         key = domain or "[smart host]"
         async with self._per_domain[key]:
@@ -169,83 +176,119 @@ class RemoteRunner:
                                                     envelope.sender, message, rcpts,
                                                     smart_host=smart)
         if not smart and self._config.relay.host is not None and self._config.relay.fallback:
-            # Smart host as fallback: recipients deferred by direct delivery go there now.
+            # Smart host as fallback: recipients deferred by direct delivery go there now. The
+            # direct outcomes that are final are written down first: a crash during the
+            # fallback session must not forget a 250 from the direct one.
             retry = [k for k, o in enumerate(outcomes) if o.status == DEFERRED]
+            settled = [k for k in range(len(idxs)) if k not in retry]
+            failed = await self._record(envelope, state, [(idxs[k], outcomes[k])
+                                                          for k in settled])
             if retry:
                 again = await self._outbound.deliver(
                     domain, envelope.msgid, envelope.sender, message,
                     [rcpts[k] for k in retry], smart_host=True)
-                for k, outcome in zip(retry, again, strict=True):
-                    outcomes[k] = outcome
-        return outcomes
+                failed += await self._record(envelope, state, [
+                    (idxs[k], outcome) for k, outcome in zip(retry, again, strict=True)])
+            return failed
+        return await self._record(envelope, state, list(zip(idxs, outcomes, strict=True)))
 
-    def _record(self, msgid: str, envelope: Envelope, state: MessageState, i: int,
-                outcome: Outcome, now: float) -> bool:
-        """Write the outcome down (durably when final). True when the recipient now failed."""
-        r = state.recipients[i]
-        r.attempts += 1
-        r.last_attempt = now
-        r.reply = outcome.reply
-        r.remote = outcome.remote
-        if not state.first_attempt:
-            state.first_attempt = now
-        expired = False
-        if outcome.status == DELIVERED:
-            r.status = ST_DELIVERED
-        elif outcome.status == FAILED:
-            r.status = ST_FAILED
-        else:
-            nxt = schedule.next_attempt(self._policy, r.attempts, envelope.received_at, now)
-            if nxt is None or schedule.is_expired(self._policy, envelope.received_at, now):
+    async def _record(self, envelope: Envelope, state: MessageState,
+                      results: list[tuple[int, Outcome]]) -> list[int]:
+        """Write the outcomes down (durably when any is final) before anything acts on them.
+        Returns the indexes of the recipients that now failed for good."""
+        if not results:
+            return []
+        now = time.time()
+        msgid = envelope.msgid
+        failed: list[int] = []
+        changed: list[tuple[int, RecipientState]] = []
+        expired: list[str] = []
+        for i, outcome in results:
+            r = state.recipients[i]
+            r.attempts += 1
+            r.last_attempt = now
+            r.reply = outcome.reply
+            r.remote = outcome.remote
+            r.enhanced = outcome.enhanced
+            if not state.first_attempt:
+                state.first_attempt = now
+            address = envelope.recipients[i].address
+            if outcome.status == DELIVERED:
+                r.status = ST_DELIVERED
+            elif outcome.status == FAILED:
                 r.status = ST_FAILED
-                expired = True
-                r.reply = (f"{outcome.reply} (gave up: still failing after "
-                           f"{_days(self._policy.lifetime)} in the queue)")
+                r.enhanced = _failure_code(outcome.enhanced, expired=False)
             else:
-                r.next_attempt = nxt
-                at = time.strftime("%H:%M:%S", time.localtime(nxt))
-                self._txlog.system(
-                    f"Deferred {msgid} to <{envelope.recipients[i].address}>: {outcome.reply};"
-                    f" attempt {r.attempts}; {fmt.next_retry(at)}")
-        # Final outcomes are fsynced before the bounce or the removal that follows them.
-        self._states.record(msgid, i, r, durable=r.status != "pending")
-        if expired:
-            self._txlog.system(f"Expired {msgid} for <{envelope.recipients[i].address}>")
-        return r.status == ST_FAILED
+                nxt = schedule.next_attempt(self._policy, r.attempts, envelope.received_at, now)
+                if nxt is None or schedule.is_expired(self._policy, envelope.received_at, now):
+                    r.status = ST_FAILED
+                    r.enhanced = _failure_code(outcome.enhanced, expired=True)
+                    expired.append(f"Expired {msgid} for <{address}>: still failing after "
+                                   f"{_days(self._policy.lifetime)} in the queue; last reply:"
+                                   f" {outcome.reply}")
+                else:
+                    r.next_attempt = nxt
+                    at = time.strftime("%H:%M:%S", time.localtime(nxt))
+                    self._system(
+                        f"Deferred {msgid} to <{address}>: {outcome.reply};"
+                        f" attempt {r.attempts}; {fmt.next_retry(at)}")
+            if r.status == ST_FAILED:
+                failed.append(i)
+            changed.append((i, r))
+        # Final outcomes are fsynced before the bounce or the removal that follows them; in a
+        # worker thread, because an fsync can take long enough to stall every session.
+        durable = any(r.status != PENDING for _, r in changed)
+        await asyncio.to_thread(self._states.record_many, msgid, changed, durable=durable)
+        for line in expired:
+            self._system(line)
+        return failed
 
     async def _maybe_warn(self, envelope: Envelope, message: bytes, state: MessageState) -> None:
         if state.warned or not schedule.delay_warning_due(
                 self._policy, envelope.received_at, time.time(), state.warned):
             return
-        delayed = [(i, Outcome(DEFERRED, state.recipients[i].reply, state.recipients[i].remote))
-                   for i in state.pending()]
+        delayed = state.pending()
         await self._bounce(envelope, message, state, delayed, "delay")
         state.warned = True
         await asyncio.to_thread(self._states.record_warned, envelope.msgid)
 
+    async def _bounce_failed(self, envelope: Envelope, message: bytes, state: MessageState,
+                             idxs: list[int]) -> None:
+        await self._bounce(envelope, message, state, idxs, "failure")
+        for i in idxs:
+            state.recipients[i].bounced = True
+        await asyncio.to_thread(self._states.record_bounced, envelope.msgid, idxs)
+
     async def _bounce(self, envelope: Envelope, message: bytes, state: MessageState,
-                      rcpts: list[tuple[int, Outcome]], kind: str) -> None:
+                      idxs: list[int], kind: str) -> None:
+        """Queue a DSN about ``idxs`` for the sender, from what their state records."""
         if not bounce.should_bounce(envelope):
-            self._txlog.system(f"No bounce for {envelope.msgid}: it has the null sender <>"
-                               " (never bounce a bounce)")
+            self._system(f"No bounce for {envelope.msgid}: it has the null sender <>"
+                         " (never bounce a bounce)")
             return
         now = time.time()
-        statuses = [bounce.RecipientStatus(
-            recipient=envelope.recipients[i].address,
-            original=envelope.recipients[i].original,
-            action="failed" if kind == "failure" else "delayed",
-            status=_status_code(o, kind),
-            diagnostic=o.reply or None,
-            remote_mta=o.remote.split(" [")[0] if o.remote else None,
-            last_attempt=state.recipients[i].last_attempt or now,
-            will_retry_until=envelope.received_at + self._policy.lifetime
-            if kind == "delay" else None) for i, o in rcpts]
+        statuses = []
+        for i in idxs:
+            r = state.recipients[i]
+            host, ip = _split_remote(r.remote)
+            statuses.append(bounce.RecipientStatus(
+                recipient=envelope.recipients[i].address,
+                original=envelope.recipients[i].original,
+                action="failed" if kind == "failure" else "delayed",
+                status=_failure_code(r.enhanced, expired=r.enhanced.startswith("4"))
+                if kind == "failure" else _delay_code(r.enhanced),
+                diagnostic=r.reply or None,
+                remote_mta=host,
+                remote_ip=ip,
+                last_attempt=r.last_attempt or now,
+                will_retry_until=schedule.expires_at(self._policy, envelope.received_at)
+                if kind == "delay" else None))
         dsn_id = self._ids.new()
         hostname = self._config.server.hostname
         data = bounce.build_dsn(
             reporting_mta=hostname, original_envelope=envelope, original_message=message,
-            failures=statuses, kind=kind, now=now, dsn_msgid=dsn_id,
-            postmaster=f"postmaster@{hostname}")
+            failures=statuses, kind="failure" if kind == "failure" else "delay", now=now,
+            dsn_msgid=dsn_id, postmaster=f"postmaster@{hostname}")
         to = envelope.sender
         dsn_env = Envelope(msgid=dsn_id, sender="", received_at=now, client_ip="", helo="",
                            size=len(data), recipients=[Recipient(to, to, self._is_local(to))],
@@ -255,21 +298,47 @@ class RemoteRunner:
         await self._store.commit(dsn_env, b"", spool)
         reason = f"to <{to}>: " + ", ".join(f"<{s.recipient}> {s.status}" for s in statuses)
         if kind == "failure":
-            self._txlog.system(fmt.bounce_created(dsn_id, envelope.msgid, reason))
+            self._system(fmt.bounce_created(dsn_id, envelope.msgid, reason))
         else:
-            self._txlog.system(f"Delay warning {dsn_id} for {envelope.msgid} {reason}")
+            self._system(f"Delay warning {dsn_id} for {envelope.msgid} {reason}")
         self._enqueue_local(dsn_env, data)
+
+    def _system(self, text: str) -> None:
+        # Addresses here may come from an alias target rather than a checked RCPT, and replies
+        # from a remote server: a CR or LF in either must not forge a log line.
+        self._txlog.system(fmt.sanitize(text))
 
     def _finish(self, msgid: str) -> None:
         self._store.remove([msgid])
         self._states.remove(msgid)
 
 
-def _status_code(outcome: Outcome, kind: str) -> str:
-    code = outcome.enhanced or ""
-    if kind == "failure" and not code.startswith("5"):
-        return "4.4.7" if outcome.status == DEFERRED else "5.0.0"  # 4.4.7: delivery time expired
-    return code or ("4.0.0" if kind == "delay" else "5.0.0")
+def _failure_code(enhanced: str, *, expired: bool) -> str:
+    """The DSN status of a recipient given up on (RFC 3463)."""
+    if enhanced.startswith("5"):
+        return enhanced
+    # RFC 3463 §3.5: 4.4.7 "delivery time expired", as Postfix reports an expired message; a
+    # permanent failure without a usable code of its own is 5.0.0.
+    return "4.4.7" if expired else "5.0.0"
+
+
+def _delay_code(enhanced: str) -> str:
+    # A delay is temporary by definition (RFC 3464 §2.3.3); anything else recorded is not
+    # usable in a delay notice.
+    return enhanced if enhanced.startswith("4") else "4.0.0"
+
+
+_REMOTE_RE = re.compile(r"(?P<host>.*?) \[(?P<ip>[^\]]*)\]\Z")
+
+
+def _split_remote(remote: str) -> tuple[str | None, str | None]:
+    """``"mx.example.net [192.0.2.7]"`` → ``("mx.example.net", "192.0.2.7")``."""
+    if not remote:
+        return None, None
+    m = _REMOTE_RE.match(remote)
+    if m is None:
+        return remote, None
+    return m["host"] or None, m["ip"] or None
 
 
 def _days(seconds: float) -> str:
