@@ -61,13 +61,15 @@ async def _main(config: Config, loop_name: str) -> int:
     runner = Runner(store, data / "mail", config.server.hostname, txlog)
     policy = Policy(config, directory, resolver)
     ids, sids = MessageIdFactory(), SessionIdPool()
-    remote = RemoteRunner(config, store, StateStore(data / "queue" / "state"),
+    states = StateStore(data / "queue" / "state")
+    remote = RemoteRunner(config, store, states,
                           Outbound(config, txlog, sids, resolver), txlog, ids,
                           is_local=policy.is_local, enqueue_local=runner.submit)
     runner.on_remote = remote.submit
     ctx = ServerContext(config=config, txlog=txlog, policy=policy, store=store, runner=runner,
                         ids=ids, sids=sids)
     recovered = runner.recover()
+    states.prune(set(store.queued()))
     runner.start()
     remote.start()
     servers = []

@@ -161,3 +161,13 @@ def test_split_remote_for_the_bounce_text() -> None:
     assert _split_remote("mx6.c.test [2001:db8::1]") == ("mx6.c.test", "2001:db8::1")
     assert _split_remote("") == (None, None)
     assert _split_remote("odd") == ("odd", None)
+
+
+def test_prune_drops_state_of_messages_no_longer_queued(tmp_path: Path) -> None:
+    from mailferry.queue.state import StateStore
+
+    states = StateStore(tmp_path / "state")
+    (tmp_path / "state" / "MFGONE000000").write_text("{}\n")
+    (tmp_path / "state" / "MFKEEP000000").write_text("{}\n")
+    assert states.prune({"MFKEEP000000"}) == 1
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["MFKEEP000000"]

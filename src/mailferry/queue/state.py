@@ -157,6 +157,14 @@ class StateStore:
                 fsync_dir(self.folder)  # the file's name must survive a crash, not only its data
                 self._named.add(msgid)
 
+    def prune(self, queued: set[str]) -> int:
+        """At startup: delete state files of messages no longer queued (a crash between removing
+        a message and removing its state). Returns how many."""
+        stale = [p for p in self.folder.iterdir() if p.name not in queued]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return len(stale)
+
     def remove(self, msgid: str) -> None:
         (self.folder / msgid).unlink(missing_ok=True)
         with self._lock:
