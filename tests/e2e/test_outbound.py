@@ -90,9 +90,11 @@ def test_two_mailferry_instances_joined_by_message_id(tmp_path: Path, dns: FakeD
         assert len(received) == 2 and msgid in received[1]  # A's header, below B's own
         # the outgoing session: our own address on the left, because we connected
         out = a.wait_line("127.0.0.2       [", "***", "<bob@b.test>", "OK", msgid)
-        a_log = a.wait_log("250 2.6.0")
         sid = re.search(r"\[(\w{4})\] \S+ \*\*\* <alice@a.test> <bob@b.test> 1 \d+ \S+ OK",
                         out).group(1)
+        # the connection is kept ~2 s for another message (connection reuse), then closed
+        a.wait_line(f"[{sid}]", "Disconnected")
+        a_log = a.log_text()
         outgoing = [x for x in a_log.splitlines() if f"[{sid}]" in x]
         bodies = [x[x.index("] ") + 11:] for x in outgoing]
         assert bodies[0].startswith("DNS query MX b.test: ")
@@ -240,3 +242,25 @@ def test_postfix_smtp_sink_as_foreign_server(tmp_path: Path, dns: FakeDNS) -> No
         assert dumps and b"Subject: to postfix" in dumps[0].read_bytes()
     finally:
         sink.stop()
+
+
+def test_one_connection_carries_several_messages(tmp_path: Path, dns: FakeDNS) -> None:
+    port = _shared_port("127.0.0.2", "127.0.0.3")
+    dns.add("c.test", "MX", "10 mx.c.test")
+    dns.add("mx.c.test", "A", "127.0.0.3")
+    peer = Peer("127.0.0.3", port)
+    a = _mta(tmp_path / "a", dns, "127.0.0.2", port, "a.test", delivery={"per_domain": 1})
+    a.add_user("alice@a.test")
+    with peer, a:
+        ids = [_send(a, "alice@a.test", [f"u{i}@c.test"], f"reuse {i}") for i in range(3)]
+        for msgid in ids:
+            a.wait_line(OUT, "***", "OK", msgid)
+        text = a.log_text()
+        sids = {re.search(r"\[(\w{4})\]", x).group(1) for x in text.splitlines()
+                if x.startswith(OUT) and "***" in x}
+        connects = [x for x in text.splitlines() if "Connecting to mx.c.test" in x]
+        # The connection waits 2 s for the next message; the next two come within that, so
+        # all three share one session (one connect, one SID), each reuse checked with RSET.
+        assert len(connects) == 1 and len(sids) == 1
+        assert text.count(">>> RSET") == 2
+        assert len(peer.received) == 3

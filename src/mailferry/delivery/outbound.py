@@ -57,6 +57,17 @@ class Target:
     port: int
 
 
+_IDLE = 2.0  # seconds a parked connection waits for the next message (Postfix: 2 s)
+_MAX_USES = 100  # messages per connection, then a fresh one
+
+
+@dataclass(eq=False)
+class _Parked:
+    conn: _Conn
+    ext: dict[str, str]
+    timer: asyncio.TimerHandle | None = None
+
+
 class _HostFailed(Exception):
     """This host cannot take the message now (no connection, bad greeting, TLS failure): the
     next host is tried; if none is left, every recipient is deferred with this reason."""
@@ -72,6 +83,9 @@ class _Log:
     def __init__(self, txlog: TxLog, sid: str, fallback_ip: str) -> None:
         self._txlog = txlog
         self._sid = sid
+        self.sid = sid
+        self.key = ""  # the destination (domain or smart host) of the connection it logs
+        self.parked = False  # the connection outlives this deliver() call (connection reuse)
         self._fallback = fallback_ip
         self._held: list[str] = []
         self._prefix: str | None = None
@@ -88,6 +102,10 @@ class _Log:
             self._held.append(body)
         else:
             self._txlog.append(self._prefix, body)
+
+    def flush_soon(self) -> None:
+        if self._prefix is not None:
+            self._txlog.flush_soon()
 
     def close(self) -> None:
         self.bind(self._fallback)
@@ -115,13 +133,20 @@ class Outbound:
         self._plain_ctx.check_hostname = False
         self._plain_ctx.verify_mode = ssl.CERT_NONE
         self._plain_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._idle: dict[str, list[_Parked]] = {}
+        self._closing = False
 
     # --- routing ----------------------------------------------------------------------------------
     async def deliver(self, domain: str, msgid: str, sender: str, message: bytes,
                       rcpts: Sequence[str], *, smart_host: bool = False) -> list[Outcome]:
         """Deliver to ``rcpts`` (all in ``domain``); one Outcome per recipient, in order."""
+        key = "[smart host]" if smart_host else domain
+        reused = await self._reuse(key, msgid, sender, message, rcpts)
+        if reused is not None:
+            return reused
         sid = self._sids.acquire()
         log = _Log(self._txlog, sid, self._fallback_ip)
+        log.key = key
         started = time.monotonic()
         try:
             # Addresses that cannot go into a command (not ASCII, control characters: possible
@@ -147,8 +172,90 @@ class Outbound:
             return _summarize(log, msgid, sender, rcpts, len(message), started, failed,
                               count=len(rcpts))
         finally:
-            log.close()
-            self._sids.release(sid)
+            if not log.parked:
+                log.close()
+                self._sids.release(sid)
+
+    # --- connection reuse -------------------------------------------------------------------------
+    # One connection may carry several messages to the same destination in a row (Postfix's
+    # connection cache does the same): connect, greeting, EHLO and TLS are paid once. After a
+    # clean transaction the connection waits _IDLE seconds for the next message; RSET checks
+    # that it is still alive before it is used again.
+
+    def _park(self, conn: _Conn, ext: dict[str, str]) -> bool:
+        """Keep ``conn`` for the next message to its destination. False: close it instead."""
+        log = conn.log
+        idle = self._idle.setdefault(log.key, [])
+        if self._closing or conn.uses >= _MAX_USES or len(idle) >= self._config.delivery.per_domain:
+            return False
+        parked = _Parked(conn, ext)
+        parked.timer = asyncio.get_running_loop().call_later(
+            _IDLE, lambda: asyncio.ensure_future(self._retire(parked)))
+        idle.append(parked)
+        log.parked = True
+        return True
+
+    async def _reuse(self, key: str, msgid: str, sender: str, message: bytes,
+                     rcpts: Sequence[str]) -> list[Outcome] | None:
+        """Deliver over a parked connection, or None when there is none (or it broke before
+        the message went out: then the caller opens a new one)."""
+        idle = self._idle.get(key)
+        while idle:
+            parked = idle.pop()
+            if parked.timer is not None:
+                parked.timer.cancel()
+            conn = parked.conn
+            if _invalid_addresses(sender, rcpts) != [None] * len(rcpts):
+                idle.append(parked)  # the slow path explains bad addresses; keep this one
+                return None
+            started = time.monotonic()
+            try:
+                [rset] = await conn.commands(["RSET"], pipelining=False)
+                if not rset.is_positive:
+                    raise ConnectionResetError(f"RSET answered {_line(rset)}")
+                outcomes, clean = await self._transaction(conn, parked.ext, msgid, sender,
+                                                          message, rcpts, len(rcpts), started)
+            except (OSError, TimeoutError, ProtocolError, asyncio.IncompleteReadError,
+                    _HostFailed) as exc:
+                conn.log(f"Connection to {conn.remote} failed: {_reason(exc)}")
+                data_sent = conn.data_sent
+                await self._end(conn, quit_first=False)
+                if data_sent:
+                    lost = [Outcome(DEFERRED, f"lost connection after data: {_reason(exc)}",
+                                    conn.remote, "4.4.2")] * len(rcpts)
+                    return _summarize(conn.log, msgid, sender, rcpts, len(message), started,
+                                      lost, count=len(rcpts))
+                continue  # try another parked connection, or a new one
+            conn.log.parked = False
+            if not (clean and self._park(conn, parked.ext)):
+                await self._end(conn, quit_first=True)
+            return outcomes
+        return None
+
+    async def _retire(self, parked: _Parked) -> None:
+        idle = self._idle.get(parked.conn.log.key, [])
+        if parked in idle:
+            idle.remove(parked)
+            await self._end(parked.conn, quit_first=True)
+
+    async def _end(self, conn: _Conn, *, quit_first: bool) -> None:
+        """Close a connection that outlived its deliver() call, and end its log session."""
+        if quit_first:
+            await conn.quit()
+        conn.close()
+        conn.log.parked = False
+        conn.log.close()
+        self._sids.release(conn.log.sid)
+
+    async def close(self) -> None:
+        """Server stopping: say QUIT on every parked connection."""
+        self._closing = True
+        for idle in self._idle.values():
+            while idle:
+                parked = idle.pop()
+                if parked.timer is not None:
+                    parked.timer.cancel()
+                await self._end(parked.conn, quit_first=True)
 
     async def _deliver_valid(self, domain: str, log: _Log, msgid: str, sender: str,
                              message: bytes, rcpts: Sequence[str], started: float,
@@ -237,8 +344,12 @@ class Outbound:
         log(fmt.CONNECTED)
         conn = _Conn(reader, writer, log, d.command_timeout, target)
         try:
-            return await self._dialogue(conn, msgid, sender, message, rcpts, count,
-                                        verify=verify)
+            ext = await self._open(conn, verify=verify)
+            outcomes, clean = await self._transaction(conn, ext, msgid, sender, message, rcpts,
+                                                      count, time.monotonic())
+            if not (clean and self._park(conn, ext)):
+                await conn.quit()
+            return outcomes
         except (OSError, TimeoutError, ProtocolError, asyncio.IncompleteReadError) as exc:
             reason = _reason(exc)
             log(f"Connection to {target.name} [{target.address}] failed: {reason}")
@@ -249,10 +360,11 @@ class Outbound:
                                 conn.remote, "4.4.2")] * len(rcpts)
             raise _HostFailed(f"{target.name} [{target.address}]: {reason}") from None
         finally:
-            conn.close()
+            if not log.parked:
+                conn.close()
 
-    async def _dialogue(self, conn: _Conn, msgid: str, sender: str, message: bytes,
-                        rcpts: Sequence[str], count: int, *, verify: bool) -> list[Outcome]:
+    async def _open(self, conn: _Conn, *, verify: bool) -> dict[str, str]:
+        """Greeting, EHLO (or HELO) and STARTTLS when offered: the server's extensions."""
         hostname = self._config.server.hostname
         greeting = await conn.reply()
         if not greeting.is_positive:
@@ -261,15 +373,21 @@ class Outbound:
         ext = await self._hello(conn, hostname)
         if "STARTTLS" in ext and self._config.delivery.tls != "off":
             ext = await self._starttls(conn, hostname, verify=verify)
-        started = time.monotonic()
+        return ext
+
+    async def _transaction(self, conn: _Conn, ext: dict[str, str], msgid: str, sender: str,
+                           message: bytes, rcpts: Sequence[str], count: int, started: float
+                           ) -> tuple[list[Outcome], bool]:
+        """MAIL, RCPT, DATA for one message. Returns the outcomes and whether the connection
+        ended the transaction cleanly (then it may carry the next message)."""
+        conn.uses += 1
         size_limit = ext.get("SIZE", "")
         if size_limit.isdigit() and int(size_limit) and len(message) > int(size_limit):
             text = f"message of {len(message)} bytes exceeds {conn.remote}'s limit of {size_limit}"
             conn.log(text)
-            await conn.quit()
             return _summarize(conn.log, msgid, sender, rcpts, len(message), started,
                               [Outcome(FAILED, f"552 5.3.4 {text}", conn.remote, "5.3.4")]
-                              * len(rcpts), count=count)
+                              * len(rcpts), count=count), True
         eight_bit = not message.isascii()
         mail = mail_command(sender, len(message), eight_bit, ext)
         rcpt_lines = [rcpt_command(r) for r in rcpts]
@@ -283,31 +401,32 @@ class Outbound:
             rcpt_replies = await conn.commands(rcpt_lines, pipelining=False) \
                 if mail_reply.is_positive else []
         if not mail_reply.is_positive:
-            await conn.quit()
             outcome = _outcome_of(mail_reply, conn.remote)
             if outcome.status == DEFERRED:
+                await conn.quit()
                 raise _HostFailed(f"{conn.remote} said {_line(mail_reply)}")
             return _summarize(conn.log, msgid, sender, rcpts, len(message), started,
-                              [outcome] * len(rcpts), count=count)
+                              [outcome] * len(rcpts), count=count), True
         outcomes: list[Outcome | None] = [
             None if r.is_positive else _outcome_of(r, conn.remote) for r in rcpt_replies]
         if all(o is not None for o in outcomes):
-            await conn.quit()
             return _summarize(conn.log, msgid, sender, rcpts, len(message), started,
-                              [o for o in outcomes if o is not None], count=count)
+                              [o for o in outcomes if o is not None], count=count), True
         [data_reply] = await conn.commands(["DATA"], pipelining=False)
         if data_reply.code != 354:
             final = _outcome_of(data_reply, conn.remote) if not data_reply.is_positive else \
                 Outcome(DEFERRED, f"unexpected reply to DATA: {_line(data_reply)}",
                         conn.remote, "4.5.0")
+            clean = False
         else:
             final_reply = await conn.send_data(encode_data(message),
                                                self._config.delivery.data_timeout)
             final = _outcome_of(final_reply, conn.remote)
+            clean = True
+            conn.data_sent = False  # this message is answered; the connection may go on
         result = [o if o is not None else final for o in outcomes]
-        await conn.quit()
         return _summarize(conn.log, msgid, sender, rcpts, len(message), started, result,
-                          count=count)
+                          count=count), clean
 
     async def _hello(self, conn: _Conn, hostname: str) -> dict[str, str]:
         [ehlo] = await conn.commands([f"EHLO {hostname}"], pipelining=False)
@@ -360,6 +479,7 @@ class _Conn:
         self.remote = f"{target.name} [{target.address}]"
         self.replies = ReplyReader()
         self.data_sent = False
+        self.uses = 0  # messages carried
 
     async def reply(self, timeout: float | None = None) -> ClientReply:
         while True:
@@ -428,6 +548,7 @@ def _summarize(log: _Log, msgid: str, sender: str, rcpts: Sequence[str], size: i
     for rcpt, outcome in zip(rcpts, outcomes, strict=True):
         log(fmt.summary(shown_sender, fmt.sanitize(rcpt), count, size, duration,
                         _STATUS_WORD[outcome.status], msgid))
+    log.flush_soon()  # the end of a transaction: its story reaches the file now, not later
     return outcomes
 
 

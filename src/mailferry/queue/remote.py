@@ -97,6 +97,7 @@ class RemoteRunner:
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        await self._outbound.close()  # QUIT on connections kept for reuse
 
     # --- scheduling -------------------------------------------------------------------------------
     async def _run(self) -> None:
