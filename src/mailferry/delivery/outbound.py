@@ -210,11 +210,9 @@ class Outbound:
                 return None
             started = time.monotonic()
             try:
-                [rset] = await conn.commands(["RSET"], pipelining=False)
-                if not rset.is_positive:
-                    raise ConnectionResetError(f"RSET answered {_line(rset)}")
                 outcomes, clean = await self._transaction(conn, parked.ext, msgid, sender,
-                                                          message, rcpts, len(rcpts), started)
+                                                          message, rcpts, len(rcpts), started,
+                                                          rset=True)
             except (OSError, TimeoutError, ProtocolError, asyncio.IncompleteReadError,
                     _HostFailed) as exc:
                 conn.log(f"Connection to {conn.remote} failed: {_reason(exc)}")
@@ -376,10 +374,12 @@ class Outbound:
         return ext
 
     async def _transaction(self, conn: _Conn, ext: dict[str, str], msgid: str, sender: str,
-                           message: bytes, rcpts: Sequence[str], count: int, started: float
-                           ) -> tuple[list[Outcome], bool]:
-        """MAIL, RCPT, DATA for one message. Returns the outcomes and whether the connection
-        ended the transaction cleanly (then it may carry the next message)."""
+                           message: bytes, rcpts: Sequence[str], count: int, started: float,
+                           *, rset: bool = False) -> tuple[list[Outcome], bool]:
+        """MAIL, RCPT, DATA for one message (after RSET on a reused connection). Returns the
+        outcomes and whether the transaction ended cleanly (then the connection may carry the
+        next message). With PIPELINING (RFC 2920) RSET, MAIL, every RCPT and DATA go out in
+        one write, DATA last in the group: one round trip instead of three or more."""
         conn.uses += 1
         size_limit = ext.get("SIZE", "")
         if size_limit.isdigit() and int(size_limit) and len(message) > int(size_limit):
@@ -391,10 +391,26 @@ class Outbound:
         eight_bit = not message.isascii()
         mail = mail_command(sender, len(message), eight_bit, ext)
         rcpt_lines = [rcpt_command(r) for r in rcpts]
+        data_reply: ClientReply | None = None
         if "PIPELINING" in ext:
-            replies = await conn.commands([mail, *rcpt_lines], pipelining=True)
-            mail_reply, rcpt_replies = replies[0], replies[1:]
+            group = (["RSET"] if rset else []) + [mail, *rcpt_lines, "DATA"]
+            replies = await conn.commands(group, pipelining=True)
+            if rset:
+                if not replies[0].is_positive:
+                    raise ConnectionResetError(f"RSET answered {_line(replies[0])}")
+                replies = replies[1:]
+            mail_reply, rcpt_replies, data_reply = replies[0], replies[1:-1], replies[-1]
+            if data_reply.code == 354 and not (mail_reply.is_positive
+                                                and any(r.is_positive for r in rcpt_replies)):
+                # The server said 354 although nothing can be sent: end the empty data (RFC
+                # 2920 §3.1) so the session stays in step, then report the refusals.
+                await conn.send_data(b".\r\n", self._config.delivery.data_timeout)
+                conn.data_sent = False
         else:
+            if rset:
+                [reset] = await conn.commands(["RSET"], pipelining=False)
+                if not reset.is_positive:
+                    raise ConnectionResetError(f"RSET answered {_line(reset)}")
             # Without PIPELINING each reply is awaited anyway: after a refused MAIL the RCPTs
             # would only collect "503 bad sequence" replies, so they are not sent.
             [mail_reply] = await conn.commands([mail], pipelining=False)
@@ -412,7 +428,8 @@ class Outbound:
         if all(o is not None for o in outcomes):
             return _summarize(conn.log, msgid, sender, rcpts, len(message), started,
                               [o for o in outcomes if o is not None], count=count), True
-        [data_reply] = await conn.commands(["DATA"], pipelining=False)
+        if data_reply is None:
+            [data_reply] = await conn.commands(["DATA"], pipelining=False)
         if data_reply.code != 354:
             final = _outcome_of(data_reply, conn.remote) if not data_reply.is_positive else \
                 Outcome(DEFERRED, f"unexpected reply to DATA: {_line(data_reply)}",

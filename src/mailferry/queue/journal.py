@@ -113,12 +113,19 @@ class Journal:
             for msgid, start, length in placed:
                 self._where[msgid] = (self._seq, start, length)
             self._live[self._seq] += len(placed)
-            fd = self._fd
-        os.fdatasync(fd)  # outside the lock: DONE records may be appended meanwhile
+            # A duplicate, so that a segment rotation in another thread cannot close it
+            # under our fdatasync (which runs outside the lock: others may append meanwhile).
+            fd = os.dup(self._fd)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
-    def done(self, msgids: list[str]) -> None:
-        """Record that these messages need nothing more. Not synced: losing a DONE record in a
-        crash only makes recovery look at the message again, and delivery is idempotent."""
+    def done(self, msgids: list[str], *, durable: bool = False) -> None:
+        """Record that these messages need nothing more. Not synced by default: losing a DONE
+        record in a crash only makes recovery look at the message again, and local delivery
+        is idempotent. ``durable`` syncs it: a remote server said 250, and a crash must not
+        make us send the message again."""
         with self._lock:
             records = []
             for msgid in msgids:
@@ -135,6 +142,12 @@ class Journal:
                 data = b"".join(records)
                 os.write(self._fd, data)
                 self._size += len(data)
+            fd = os.dup(self._fd) if durable and records else -1
+        if fd >= 0:
+            try:
+                os.fdatasync(fd)  # outside the lock, like append()
+            finally:
+                os.close(fd)
 
     def _drop(self, seq: int) -> None:
         del self._live[seq]

@@ -66,6 +66,8 @@ class RemoteRunner:
         self._per_domain: dict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(config.delivery.per_domain))
         self._task: asyncio.Task[None] | None = None
+        self._finishing: list[tuple[str, asyncio.Future[None]]] = []
+        self._finish_running = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- feeding ----------------------------------------------------------------------------------
@@ -133,14 +135,19 @@ class RemoteRunner:
     # --- one message ------------------------------------------------------------------------------
     async def _deliver(self, msgid: str) -> None:
         try:
-            envelope, message = await asyncio.to_thread(self._store.read, msgid)
+            # Reading a journal message is one pread from the page cache: not worth a thread
+            # hop. A message in a file of its own may be large or cold: read it in a thread.
+            if self._store.in_journal(msgid):
+                envelope, message = self._store.read(msgid)
+            else:
+                envelope, message = await asyncio.to_thread(self._store.read, msgid)
         except FileNotFoundError:
             # Finished meanwhile (a second submission raced with the end of the first attempt):
             # nothing left to do, and retrying would only fail again forever.
             log.info("remote delivery of %s: no longer queued", msgid)
             return
         remote = [i for i, r in enumerate(envelope.recipients) if not r.local]
-        state = await asyncio.to_thread(self._states.load, msgid, remote)
+        state = self._states.load(msgid, remote)  # small, or absent (the common case)
         if state.unbounced():
             # Failed before a crash that came before the bounce was queued: bounce them now.
             await self._bounce_failed(envelope, message, state, state.unbounced())
@@ -154,20 +161,59 @@ class RemoteRunner:
         for i in pending:
             domain = envelope.recipients[i].address.rpartition("@")[2]
             by_domain["" if smart else domain].append(i)
+        # The common case — a first attempt, one destination, the message still in the
+        # journal — needs no state file when everything is delivered: a durable DONE record in
+        # the journal is then the outcome record (one batched fdatasync instead of creating,
+        # syncing and deleting a file per message).
+        fast = (len(by_domain) == 1 and not self._config.relay.fallback
+                and all(r.attempts == 0 for r in state.recipients.values())
+                and self._store.in_journal(msgid))
         results = await asyncio.gather(*(
-            self._deliver_domain(domain, envelope, message, state, idxs, smart)
+            self._deliver_domain(domain, envelope, message, state, idxs, smart, fast=fast)
             for domain, idxs in by_domain.items()))
         failed = [i for idxs in results for i in idxs]
         if failed:
             await self._bounce_failed(envelope, message, state, failed)
         if state.pending():
+            # It must wait: give it a file of its own so that journal segments can go.
+            await asyncio.to_thread(self._store.keep, msgid)
             await self._maybe_warn(envelope, message, state)
             self.submit(msgid, state.due())
+        elif fast and not state.written:
+            await self._finish_delivered(msgid)
         else:
             await asyncio.to_thread(self._finish, msgid)
 
+    async def _finish_delivered(self, msgid: str) -> None:
+        """Group commit for the DONE records of the fast path: one fdatasync for every message
+        that finished while the previous one ran."""
+        future = asyncio.get_running_loop().create_future()
+        self._finishing.append((msgid, future))
+        if not self._finish_running:
+            self._finish_running = True
+            asyncio.get_running_loop().create_task(self._finish_batches())
+        await future
+
+    async def _finish_batches(self) -> None:
+        try:
+            while self._finishing:
+                batch, self._finishing = self._finishing, []
+                try:
+                    await asyncio.to_thread(self._store.finish_delivered, [m for m, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._finish_running = False
+
     async def _deliver_domain(self, domain: str, envelope: Envelope, message: bytes,
-                              state: MessageState, idxs: list[int], smart: bool) -> list[int]:
+                              state: MessageState, idxs: list[int], smart: bool, *,
+                              fast: bool = False) -> list[int]:
         """Deliver to ``idxs`` (one domain) and record each outcome as soon as it is known.
         Returns the indexes that failed for good (their bounce is the caller's)."""
         rcpts = [envelope.recipients[i].address for i in idxs]
@@ -191,7 +237,18 @@ class RemoteRunner:
                 failed += await self._record(envelope, state, [
                     (idxs[k], outcome) for k, outcome in zip(retry, again, strict=True)])
             return failed
-        return await self._record(envelope, state, list(zip(idxs, outcomes, strict=True)))
+        results = list(zip(idxs, outcomes, strict=True))
+        if fast and all(o.status == DELIVERED for o in outcomes):
+            now = time.time()
+            for i, outcome in results:  # the caller's durable DONE records these outcomes
+                r = state.recipients[i]
+                r.attempts += 1
+                r.last_attempt = now
+                r.reply = outcome.reply
+                r.remote = outcome.remote
+                r.status = ST_DELIVERED
+            return []
+        return await self._record(envelope, state, results)
 
     async def _record(self, envelope: Envelope, state: MessageState,
                       results: list[tuple[int, Outcome]]) -> list[int]:
@@ -240,6 +297,7 @@ class RemoteRunner:
         # worker thread, because an fsync can take long enough to stall every session.
         durable = any(r.status != PENDING for _, r in changed)
         await asyncio.to_thread(self._states.record_many, msgid, changed, durable=durable)
+        state.written = True
         for line in expired:
             self._system(line)
         return failed

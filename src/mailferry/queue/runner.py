@@ -59,6 +59,9 @@ class Runner:
 
     # --- feeding ----------------------------------------------------------------------------
     def submit(self, envelope: Envelope, message: bytes | None) -> None:
+        if self.on_remote is not None and not any(r.local for r in envelope.recipients):
+            self.on_remote(envelope.msgid)  # nothing to do here: straight to the remote side
+            return
         if len(self._jobs) > _KEEP_IN_MEMORY:
             message = None
         self._jobs.append(_Job(envelope, message))
@@ -144,9 +147,7 @@ class Runner:
         for job in batch:
             if all(r.local for r in job.envelope.recipients):
                 finished.append(job.envelope.msgid)
-            else:
-                # Remote recipients wait for outbound delivery (issue 3) in a file of their own.
-                self._store.keep(job.envelope.msgid)
+            # else: the remote runner takes it from here (on_remote, on the event loop)
         self._store.remove(finished)
 
     def _mailbox(self, address: str) -> maildir.Mailbox:

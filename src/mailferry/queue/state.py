@@ -49,6 +49,7 @@ class MessageState:
     recipients: dict[int, RecipientState] = field(default_factory=dict)
     warned: bool = False  # the delay warning DSN was sent
     first_attempt: float = 0.0
+    written: bool = False  # this process appended to the state file (in memory only)
 
     def pending(self) -> list[int]:
         return [i for i, r in self.recipients.items() if r.status == PENDING]

@@ -211,6 +211,16 @@ class QueueStore:
             if msgid not in in_journal:
                 (self.msg / msgid).unlink(missing_ok=True)
 
+    def in_journal(self, msgid: str) -> bool:
+        return msgid in self.journal
+
+    def finish_delivered(self, msgids: list[str]) -> None:
+        """Remote delivery of these journal messages is complete: record it durably (worker
+        thread). This is their outcome record, so no state file is needed on this path."""
+        self.journal.done([m for m in msgids if m in self.journal], durable=True)
+        for msgid in msgids:
+            (self.msg / msgid).unlink(missing_ok=True)
+
     def keep(self, msgid: str) -> None:
         """A message that must wait (remote recipients): move it out of the journal into its own
         file, durably, so that journal segments can be deleted. Worker thread."""
