@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from mailferry.tracker import reader, render
+from mailferry.tracker import reader, render, tally
 from mailferry.tracker import report as report_mod
 from mailferry.tracker.query import Query, QueryError
 from mailferry.tracker.reconstruct import Reconstructor, UnreadableLine
@@ -71,9 +71,7 @@ def run(files: list[reader.LogFile], sink: Callable[[dict], None], *, strict: bo
     """Read ``files`` (then follow them) into ``sink``; returns the reading statistics."""
     rec = Reconstructor(sink, explain=explain, strict=strict, updates=follow)
     damaged: list[str] = []  # files that could not be read to their end
-    progress = None
-    if not follow and reader.Progress.wanted() and all(f.path != reader.STDIN for f in files):
-        progress = reader.Progress(sum(f.size() for f in files))
+    progress = None if follow else _progress(files)
     try:
         if follow and [f.path for f in files] == [reader.STDIN]:
             rec.feed(reader.open_text(reader.STDIN), reader.Source("<stdin>", date_override))
@@ -95,9 +93,20 @@ def run(files: list[reader.LogFile], sink: Callable[[dict], None], *, strict: bo
     rec.finish()
     stats = rec.stats.as_dict()
     stats["damaged_files"] = damaged
-    for why in damaged:
-        click.echo(f"mailferry: {why}", err=True)
+    _warn_damaged(stats)
     return stats
+
+
+def _progress(files: list[reader.LogFile]) -> reader.Progress | None:
+    """A progress bar when stderr is a terminal and the total size is known (not stdin)."""
+    if reader.Progress.wanted() and all(f.path != reader.STDIN for f in files):
+        return reader.Progress(sum(f.size() for f in files))
+    return None
+
+
+def _warn_damaged(stats: dict) -> None:
+    for why in stats["damaged_files"]:
+        click.echo(f"mailferry: {why}", err=True)
 
 
 def _warn_unparsed(stats: dict) -> None:
@@ -204,11 +213,18 @@ def report(logs: tuple[str, ...], config: Path | None, strict: bool, date_: str 
 
     files = _files(logs, config)
     query = _query(sender=sender, rcpt=rcpt, ip=ip, since=since, until=until, status=status)
-    rep = report_mod.Report()
-    add = rep.add
-    sink = add if query.empty else (lambda r: add(r) if query.matches(r) else None)
     try:
-        stats = run(files, sink, strict=strict, date_override=_date(date_))
+        if query.empty:
+            # No filter: the lean path counts straight from the log, without building the
+            # records (the same report, ~3x faster: tally.py). Filters need the records.
+            rep, stats = tally.run(files, strict=strict, date_override=_date(date_),
+                                   progress=_progress(files))
+            _warn_damaged(stats)
+        else:
+            rep = report_mod.Report()
+            add = rep.add
+            stats = run(files, lambda r: add(r) if query.matches(r) else None, strict=strict,
+                        date_override=_date(date_))
     except UnreadableLine as e:
         raise click.ClickException(str(e)) from e
     data = rep.as_dict(stats)

@@ -50,10 +50,22 @@ def _iso(when: When) -> str | None:
     return stamp
 
 
+_SECONDS: dict[When, int | None] = {}  # as _ISO: each second of a log converted once
+
+
 def seconds(when: When | None) -> int | None:
     """A number of seconds that orders events and measures delays (the offset is ignored)."""
     if when is None:
         return None
+    got = _SECONDS.get(when, -1)
+    if got == -1:
+        if len(_SECONDS) > 8192:  # bounded: a log is read in time order
+            _SECONDS.clear()
+        got = _SECONDS[when] = _seconds(when)
+    return got
+
+
+def _seconds(when: When) -> int | None:
     day, stamp = when
     if len(stamp) > 8:
         full = fmt.parse_full_stamp(stamp)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Mapping
 
 TOP = 10
 _ADDRESS_RE = re.compile(r"<[^>]*>")
@@ -29,13 +30,19 @@ def _hour(stamp: str | None) -> str | None:
     return stamp[:13].replace("T", " ") if "T" in stamp else stamp[:2]
 
 
-def percentile(values: list[int], p: float) -> int | None:
-    """Nearest-rank percentile (p in 0..100) of unsorted values; None for no values."""
-    if not values:
+def percentile(counts: Mapping[int, int], p: float) -> int | None:
+    """Nearest-rank percentile (p in 0..100) of values given as value → how many times; None
+    for no values. (A histogram: delays are whole seconds, so memory holds one entry per
+    distinct delay, not one per delivery.)"""
+    n = sum(counts.values())
+    if not n:
         return None
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, round(p / 100 * len(s) + 0.5) - 1))
-    return s[k]
+    k = max(0, min(n - 1, round(p / 100 * n + 0.5) - 1))  # the rank, from 0, in sorted order
+    for value in sorted(counts):
+        k -= counts[value]
+        if k < 0:
+            return value
+    return None  # not reached: the ranks add up to n
 
 
 class Report:
@@ -52,7 +59,7 @@ class Report:
         self.failures: Counter[str] = Counter()
         self.received_per_hour: Counter[str] = Counter()
         self.delivered_per_hour: Counter[str] = Counter()
-        self.delays: list[int] = []
+        self.delays: Counter[int] = Counter()  # delay in seconds → deliveries
 
     def add(self, r: dict) -> None:
         t = self.totals
@@ -117,7 +124,7 @@ class Report:
             if hour:
                 self.delivered_per_hour[hour] += 1
             if x["delay"] is not None:
-                self.delays.append(x["delay"])
+                self.delays[x["delay"]] += 1
 
     def as_dict(self, stats: dict | None = None) -> dict:
         def top(c: Counter[str]) -> list[list]:
@@ -136,7 +143,7 @@ class Report:
                              "delivered": self.delivered_per_hour[h]}
                          for h in sorted(set(self.received_per_hour) |
                                          set(self.delivered_per_hour))},
-            "delivery_delay": {"count": len(d), "p50": percentile(d, 50),
+            "delivery_delay": {"count": sum(d.values()), "p50": percentile(d, 50),
                                "p95": percentile(d, 95), "max": max(d) if d else None},
             "log": stats or {},
         }

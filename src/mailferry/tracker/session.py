@@ -148,8 +148,9 @@ class Session:
                     # A served session's first protocol line is our reply or their command.
                     direction = self.direction = IN if ours == _is_reply(text) else OUT
                     skip = _SKIP[direction]
-                if text[-4:] == "B/s)" and fmt.parse_bytes(text):
-                    self._data_bytes(text)
+                n = fmt.parse_bytes(text) if text[-4:] == "B/s)" else None
+                if n:
+                    self._data_bytes(n)
                 elif ours == (direction is IN):
                     reply(text)
                 elif text != fmt.SECRET:  # the hidden lines of AUTH carry nothing to read
@@ -413,9 +414,9 @@ class Session:
                 if r.status == "accepted":
                     r.status = "tempfailed" if text[:1] == "4" else "rejected"
 
-    def _data_bytes(self, text: str) -> None:
-        n = fmt.parse_bytes(text)
-        if n and self.txn is not None and self.txn.size is None:
+    def _data_bytes(self, n: tuple[int, int]) -> None:
+        """A ``N bytes (…)`` line, parsed: the size of the message, unless *** says it."""
+        if self.txn is not None and self.txn.size is None:
             self.txn.size = n[0]
 
     def _end_txn(self, reason: str | None = None) -> None:

@@ -238,6 +238,14 @@ def parse_summary(body: str) -> Summary | None:
                    m["status"], m["msgid"], m["rest"])
 
 
+# The same patterns matched in place, ``SUMMARY_AT.match(line, pos)`` with ``pos`` just after
+# "*** " (without "^", which only matches at 0; "$" also matches before a final newline): the
+# groups of parse_summary / parse_bytes without slicing the line or building the object.
+# ``mailferry report`` reads one per recipient and message this way.
+SUMMARY_AT = re.compile(_SUMMARY_RE.pattern[1:])
+BYTES_AT = re.compile(_BYTES_RE.pattern[1:])  # the same for "N bytes (…)", after ">>> "/"<<< "
+
+
 def parse_bytes(text: str) -> tuple[int, int] | None:
     """``N bytes (overall data transfer speed=S B/s)`` (after ``>>> ``/``<<< ``) → ``(N, S)``."""
     m = _BYTES_RE.match(text)
