@@ -71,17 +71,25 @@ def parse_params(text: str) -> dict[str, str | None] | None:
     return params
 
 
+def _path_and_params(arg: str, keyword: str, syntax: Reply
+                     ) -> tuple[str, dict[str, str | None]] | Reply:
+    """``KEYWORD<path> params`` → (path, params), or ``syntax`` (the command's 501)."""
+    if arg[:len(keyword)].upper() != keyword:
+        return syntax
+    try:
+        path, rest = split_path(arg[len(keyword):])
+    except AddressError:
+        return syntax
+    params = parse_params(rest)
+    return syntax if params is None else (path, params)
+
+
 def parse_mail(arg: str, *, max_size: int) -> MailArgs | Reply:
     """``FROM:<path> [SIZE=n] [BODY=7BIT|8BITMIME]`` (RFC 5321 §4.1.1.2, RFC 1870, RFC 6152)."""
-    if arg[:5].upper() != "FROM:":
-        return reply.SYNTAX_MAIL
-    try:
-        path, rest = split_path(arg[5:])
-    except AddressError:
-        return reply.SYNTAX_MAIL
-    params = parse_params(rest)
-    if params is None:
-        return reply.SYNTAX_MAIL
+    split = _path_and_params(arg, "FROM:", reply.SYNTAX_MAIL)
+    if isinstance(split, Reply):
+        return split
+    path, params = split
     size = None
     body = None
     for key, value in params.items():
@@ -109,15 +117,10 @@ def parse_mail(arg: str, *, max_size: int) -> MailArgs | Reply:
 
 def parse_rcpt(arg: str) -> RcptArgs | Reply:
     """``TO:<path>`` (RFC 5321 §4.1.1.3). No RCPT parameters are offered, so any is 555."""
-    if arg[:3].upper() != "TO:":
-        return reply.SYNTAX_RCPT
-    try:
-        path, rest = split_path(arg[3:])
-    except AddressError:
-        return reply.SYNTAX_RCPT
-    params = parse_params(rest)
-    if params is None:
-        return reply.SYNTAX_RCPT
+    split = _path_and_params(arg, "TO:", reply.SYNTAX_RCPT)
+    if isinstance(split, Reply):
+        return split
+    path, params = split
     if params:
         return reply.UNKNOWN_PARAM
     if path.lower() == "postmaster":
