@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a development environment: a virtualenv in .venv with mailferry and its test tools,
-# plus the Debian packages the end-to-end tests talk to (Postfix's smtp-source/smtp-sink, swaks).
+# plus the Debian packages the end-to-end tests talk to (Postfix's smtp-source/smtp-sink, swaks,
+# openssl s_client, Chromium for the web UI's browser tests).
 # Safe to run again; it only installs what is missing. Never starts or configures the system Postfix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,9 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v swaks >/dev/null 2>&1 || need_apt+=(swaks)
 command -v smtp-source >/dev/null 2>&1 || need_apt+=(postfix)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The web UI's browser tests drive Debian's Chromium with Playwright (no browser download).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     # Debian's postfix asks questions on install; preseed "No configuration" so nothing is set up
