@@ -14,8 +14,12 @@ import logging
 import os
 import signal
 import sys
+import time
 
 from mailferry.config import Config
+from mailferry.control.paths import socket_path
+from mailferry.control.server import ControlServer
+from mailferry.control.service import QueueControl
 from mailferry.delivery.outbound import Outbound
 from mailferry.dns.resolver import Resolver
 from mailferry.ids import MessageIdFactory, SessionIdPool
@@ -52,6 +56,7 @@ def serve(config: Config) -> int:
 
 
 async def _main(config: Config, loop_name: str) -> int:
+    started_at = time.time()
     data = config.data_dir
     data.mkdir(parents=True, exist_ok=True)
     txlog = TxLog(config.log_dir, flush_interval=config.log.flush_interval)
@@ -73,12 +78,21 @@ async def _main(config: Config, loop_name: str) -> int:
     runner.start()
     remote.start()
     servers = []
+    control = ControlServer(
+        QueueControl(config=config, store=store, states=states, remote=remote, txlog=txlog,
+                     sessions=lambda: ctx.sessions, started_at=started_at),
+        socket_path(data))
+    where = "control socket"
     try:
         for listener in config.listeners:
+            where = f"cannot listen on {listener.host}:{listener.port}"
             servers.append(await start_listener(ctx, listener))
+        where = f"control socket {control.path}"
+        await control.start()
     except OSError as exc:
-        print(f"mailferry: error: cannot listen on {listener.host}:{listener.port}: "
-              f"{exc.strerror or exc}", file=sys.stderr)
+        print(f"mailferry: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        for server in servers:
+            server.close()
         await runner.stop()
         await remote.stop()
         store.close()
@@ -98,6 +112,7 @@ async def _main(config: Config, loop_name: str) -> int:
         f"  data directory   {data}\n"
         f"  users database   {data / 'users.db'}\n"
         f"  queue            {data / 'queue'}\n"
+        f"  control socket   {control.path} (mailferry queue list, mailferry status)\n"
         f"  mailboxes        {data / 'mail'}/<domain>/<user>/Maildir\n"
         f"  transaction log  {config.log_dir / 'smtp'}/sYYYYMMDD.log\n"
         f"  config           {config.source or '(embedded default)'}\n"
@@ -114,6 +129,7 @@ async def _main(config: Config, loop_name: str) -> int:
     await stop.wait()
 
     txlog.system("mailferry stopping")
+    await control.close()
     for server in servers:
         server.close()
     for session in list(ctx.sessions):
