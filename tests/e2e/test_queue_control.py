@@ -12,8 +12,10 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -328,3 +330,54 @@ def test_raw_protocol_errors(tmp_path: Path) -> None:
             {"ok": False, "error": "not a domain: 5"},
         ]
         assert answers[5]["ok"] is True and answers[5]["result"]["queue"]["total"] == 0
+
+
+def test_hold_and_delete_during_a_delivery_attempt(tmp_path: Path, dns: FakeDNS) -> None:
+    """An attempt is never cut short: hold applies after it, delete waits for it."""
+    port = _shared_port("127.0.0.2", "127.0.0.3")
+    proceed = threading.Event()
+
+    def slow_451(_n: int) -> str:
+        proceed.wait(8)  # below the client's command timeout (10 s)
+        return "451 4.3.0 mailbox busy, try later"
+
+    peer = Peer("127.0.0.3", port, data_reply=slow_451)
+    daemon = _mta(tmp_path / "a", dns, "127.0.0.2", port, "a.test", queue=dict(SLOW_RETRY))
+    daemon.add_user("alice@a.test")
+    with peer, daemon:
+        held = _send(daemon, "alice@a.test", ["carol@c.test"], "held in flight")
+        _until("the attempt in flight", lambda: peer.datas_seen == 1)
+        assert _listed(daemon)[held]["state"] == "active"
+        out = daemon.cli("queue", "hold", held).stdout
+        assert out == f"{held} is on hold after the delivery attempt in flight\n"
+        proceed.set()
+        daemon.wait_line("SYSTEM", f"Deferred {held} to <carol@c.test>")
+        _until("held after the attempt", lambda: _listed(daemon)[held]["state"] == "held")
+        assert _listed(daemon)[held]["next_attempt"] is None
+        assert daemon.wait_line("SYSTEM", f"Queue: {held} held by admin").endswith(
+            ": after the delivery attempt in flight")
+
+        proceed.clear()
+        doomed = _send(daemon, "alice@a.test", ["dave@c.test"], "deleted in flight")
+        _until("the second attempt in flight", lambda: peer.datas_seen == 2)
+        deleting = subprocess.Popen(
+            [sys.executable, "-m", "mailferry.cli", "queue", "delete", doomed, "--config",
+             str(daemon.config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            # It waits for the attempt: still running, and the message still there, while the
+            # peer thinks (a second is plenty for the command to reach the server).
+            time.sleep(1.0)
+            assert deleting.poll() is None and doomed in daemon.queued()
+            proceed.set()
+            out, err = deleting.communicate(timeout=30)
+        finally:
+            if deleting.poll() is None:
+                deleting.kill()
+                deleting.wait()
+        assert (deleting.returncode, out, err) == (0, f"{doomed} deleted\n", "")
+        assert doomed not in daemon.queued()
+        assert not (daemon.data / "queue" / "state" / doomed).exists()
+        text = daemon.log_text()
+        assert text.index(f"Deferred {doomed} to <dave@c.test>") < \
+            text.index(f"Queue: {doomed} deleted by admin")
+        assert list(_listed(daemon)) == [held]

@@ -198,7 +198,8 @@ class RemoteRunner:
             # It must wait: give it a file of its own so that journal segments can go.
             await asyncio.to_thread(self._store.keep, msgid)
             await self._maybe_warn(envelope, message, state)
-            self.submit(msgid, state.due())
+            # Flushed while this attempt ran: again at once, else on the schedule.
+            self.submit(msgid, 0.0 if msgid in self._forced else state.due())
         elif fast and not state.written:
             await self._finish_delivered(msgid)
         else:
@@ -416,33 +417,41 @@ class RemoteRunner:
         return True
 
     async def hold(self, msgid: str) -> None:
-        """Put ``msgid`` on hold: durably marked, then parked. An attempt in flight finishes;
+        """Put ``msgid`` on hold: parked, then durably marked. An attempt in flight finishes;
         what it leaves pending waits for release."""
-        await asyncio.to_thread(self._states.record_held, msgid, True)
-        # Out of the journal into a file of its own: a held message may stay for days, and it
-        # must not keep a journal segment alive.
-        await asyncio.to_thread(self._store.keep, msgid)
-        self._parked.add(msgid)
+        was_parked = self.park(msgid)  # first: no attempt may start while the mark is written
+        try:
+            await asyncio.to_thread(self._states.record_held, msgid, True)
+        except BaseException:
+            if not was_parked:
+                self._parked.discard(msgid)
+            raise
         self._forced.discard(msgid)
+        if msgid not in self._active:
+            # Out of the journal into a file of its own: a held message may stay for days, and
+            # it must not keep a journal segment alive. (An attempt in flight does this itself
+            # when it leaves recipients pending; doing it here too would race with it.)
+            await asyncio.to_thread(self._store.keep, msgid)
 
     async def release(self, msgid: str) -> None:
         """Take ``msgid`` off hold and try its pending recipients now."""
         await asyncio.to_thread(self._states.record_held, msgid, False)
         self._parked.discard(msgid)
+        if msgid not in self._queued and msgid not in self._active:
+            self.submit(msgid, 0.0)
         self.flush_ids([msgid])
 
     def flush_ids(self, msgids: list[str]) -> int:
-        """Try these messages now, pending recipients due or not (held ones are skipped).
-        Returns how many were scheduled."""
-        wanted = {m for m in msgids if m not in self._parked}
+        """Try these messages now, pending recipients due or not; one in an attempt right
+        after it. Held ones are skipped, and so are those this runner does not have yet (still
+        with the local runner). Returns how many were scheduled."""
+        wanted = {m for m in msgids if m not in self._parked
+                  and (m in self._queued or m in self._active)}
         if not wanted:
             return 0
-        self._forced.update(wanted)
+        self._forced.update(wanted)  # _deliver reschedules a forced message at once
         self._due = [(0.0 if m in wanted else when, m) for when, m in self._due]
         heapq.heapify(self._due)
-        for msgid in wanted:
-            if msgid not in self._queued and msgid not in self._active:
-                self.submit(msgid, 0.0)
         self._wakeup.set()
         return len(wanted)
 
