@@ -18,7 +18,7 @@ import time
 
 from mailferry.config import Config
 from mailferry.control.paths import socket_path
-from mailferry.control.server import ControlServer
+from mailferry.control.server import ControlServer, replace_stale
 from mailferry.control.service import QueueControl
 from mailferry.delivery.outbound import Outbound
 from mailferry.dns.resolver import Resolver
@@ -59,6 +59,13 @@ async def _main(config: Config, loop_name: str) -> int:
     started_at = time.time()
     data = config.data_dir
     data.mkdir(parents=True, exist_ok=True)
+    try:
+        # Before anything touches the queue: a second server on the same data directory would
+        # recover (and deliver) messages the first one is delivering.
+        replace_stale(socket_path(data))
+    except OSError as exc:
+        print(f"mailferry: error: control socket: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     txlog = TxLog(config.log_dir, flush_interval=config.log.flush_interval)
     directory = Directory(data / "users.db", config.domains.local)
     resolver = Resolver(config.dns.nameservers, config.dns.timeout)

@@ -241,6 +241,16 @@ def test_not_running_and_stale_socket(tmp_path: Path) -> None:
     with daemon:  # a new server replaces the stale socket
         assert json.loads(daemon.cli("status", "--json").stdout)["queue"]["total"] == 0
         assert (sock.stat().st_mode & 0o777) == 0o600
+        # A second server on the same data directory (another port) refuses to start, before
+        # it touches the queue.
+        twin = Daemon(tmp_path / "twin", overrides={"server": {"data_dir": str(daemon.data)}})
+        done = subprocess.run(
+            [sys.executable, "-m", "mailferry.cli", "serve", "--config", str(twin.config)],
+            capture_output=True, text=True, timeout=60, cwd=twin.root)
+        assert done.returncode == 1
+        assert done.stderr.endswith(f"mailferry: error: control socket: another mailferry "
+                                    f"answers on {sock}\n")
+        assert json.loads(daemon.cli("status", "--json").stdout)["pid"] == daemon.proc.pid
 
 
 def _cli_as(uid: int, *args: str) -> tuple[int, str]:

@@ -35,6 +35,7 @@ log = logging.getLogger("mailferry.control")
 
 _MAX_REQUEST = 65536  # bytes in one request line
 
+
 def peer_uid(sock: Any) -> int:
     """The uid of the process at the other end of a connected Unix socket (SO_PEERCRED)."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -47,6 +48,27 @@ def allowed(uid: int, server_uid: int) -> bool:
     return uid == 0 or uid == server_uid
 
 
+def replace_stale(path: Path) -> None:
+    """Remove a socket file left by a killed server. OSError(EADDRINUSE) when a server answers
+    on it: another mailferry uses this data directory (the daemon checks this before it
+    touches the queue, and refuses to start)."""
+    if not os.path.lexists(path):
+        return
+    with bindable(path) as name, socket.socket(socket.AF_UNIX) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(name)
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNREFUSED, errno.ENOTSOCK, errno.ENOENT):
+                raise
+        else:
+            raise OSError(errno.EADDRINUSE, f"another mailferry answers on {path}")
+    log.info("control: replacing the stale socket %s (left by a server that was killed)",
+             path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 class ControlServer:
     def __init__(self, control: QueueControl, path: Path) -> None:
         self._control = control
@@ -57,7 +79,7 @@ class ControlServer:
 
     async def start(self) -> None:
         """Listen on the socket. OSError when another server is listening there already."""
-        self._replace_stale()
+        replace_stale(self.path)
         with bindable(self.path) as name:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -69,23 +91,6 @@ class ControlServer:
                 raise
         self._server = await asyncio.start_unix_server(self._client, sock=sock,
                                                        limit=_MAX_REQUEST)
-
-    def _replace_stale(self) -> None:
-        if not os.path.lexists(self.path):
-            return
-        with bindable(self.path) as name, socket.socket(socket.AF_UNIX) as probe:
-            probe.settimeout(1.0)
-            try:
-                probe.connect(name)
-            except OSError as exc:
-                if exc.errno not in (errno.ECONNREFUSED, errno.ENOTSOCK, errno.ENOENT):
-                    raise
-            else:
-                raise OSError(errno.EADDRINUSE, f"another mailferry answers on {self.path}")
-        log.info("control: replacing the stale socket %s (left by a server that was killed)",
-                 self.path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
 
     async def close(self) -> None:
         if self._server is not None:
