@@ -128,6 +128,7 @@ class QueueControl:
             _env, _head, state = await self._read_one(msgid)
             if state.held:
                 raise ControlError(f"{msgid} is on hold: release it first")
+            self._check_with_remote(msgid)
             n = self._remote.flush_ids([msgid])
             self._system(fmt.queue_action(msgid, "flushed", actor))
             return {"flushed": n}
