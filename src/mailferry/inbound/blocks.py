@@ -137,6 +137,11 @@ class BlockStore:
         self._pending[block.ip] = block
         self._writer.submit(self._save, block)
 
+    def sync(self) -> None:
+        """Wait until the blocks added so far are in the file."""
+        if self._writer is not None:
+            self._writer.submit(lambda: None).result()
+
     def _save(self, block: Block) -> None:
         with self._lock:
             try:
@@ -158,8 +163,7 @@ class BlockStore:
 
     def remove(self, ip: str) -> Block | None:
         """Lift the block of ``ip``; returns it (None when it was not blocked)."""
-        if self._writer is not None:
-            self._writer.submit(lambda: None).result()  # our pending writes first
+        self.sync()  # our pending writes first
         with self._lock:
             c = self._conn
             c.execute("BEGIN IMMEDIATE")

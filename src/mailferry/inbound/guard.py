@@ -41,15 +41,15 @@ class Reason(StrEnum):
     MANUAL = "MANUAL"  # added by an administrator (mailferry block add)
 
 
-# What one event of each reason is, for "20 relay attempts in 600 s".
+# What the events of each reason are, for "20 relay attempts in 600 s" (singular, plural).
 _EVENTS = {
-    Reason.CONNRATE: "connections",
-    Reason.AUTHFAIL: "failed AUTH attempts",
-    Reason.UNKNOWNRCPT: "unknown recipients",
-    Reason.RELAY: "relay attempts",
-    Reason.RSET: "RSET commands",
-    Reason.OVERSIZE: "oversize messages",
-    Reason.PREGREET: "pregreets (talked before the greeting)",
+    Reason.CONNRATE: ("connection", "connections"),
+    Reason.AUTHFAIL: ("failed AUTH attempt", "failed AUTH attempts"),
+    Reason.UNKNOWNRCPT: ("unknown recipient", "unknown recipients"),
+    Reason.RELAY: ("relay attempt", "relay attempts"),
+    Reason.RSET: ("RSET command", "RSET commands"),
+    Reason.OVERSIZE: ("oversize message", "oversize messages"),
+    Reason.PREGREET: ("pregreet", "pregreets"),
 }
 
 
@@ -163,7 +163,8 @@ class Guard:
         for other in self._rules.values():
             other.forget(ip)
         now = self._clock()
-        detail = f"{rule.limit} {_EVENTS[reason]} in {_seconds(rule.window)} s"
+        what = _EVENTS[reason][rule.limit != 1]
+        detail = f"{rule.limit} {what} in {_seconds(rule.window)} s"
         return Block(ip, reason.value, detail, now, now + self.config.block_time)
 
     def count_of(self, ip: str, reason: Reason) -> int:
