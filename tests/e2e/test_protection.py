@@ -261,3 +261,31 @@ def served_eventually(daemon: Daemon, source: str) -> bool:
                 return True
         time.sleep(0.05)
     return False
+
+
+def test_data_timeout_ends_a_trickling_message(tmp_path: Path) -> None:
+    """[limits] data_timeout bounds the whole DATA phase: a client that sends a byte now and
+    then (each well within idle_timeout) is cut off, and nothing is queued."""
+    daemon = Daemon(tmp_path / "slow", overrides={"limits": {"data_timeout": 1.5,
+                                                             "idle_timeout": 30}})
+    daemon.add_user("alice@example.test")
+    with daemon, hello(daemon, "127.0.0.1") as d:
+        assert d.code("MAIL FROM:<slow@remote.test>") == 250
+        assert d.code("RCPT TO:<alice@example.test>") == 250
+        assert d.code("DATA") == 354
+        d.sock.settimeout(0.3)
+        got = b""
+        for _ in range(40):  # at most 40 bytes, one per 0.3 s: 12 s, far beyond the 1.5 s
+            try:
+                d.send(b"x")
+                got += d.sock.recv(512)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if b"\r\n" in got:
+                break
+        assert got.startswith(b"421 4.4.2 "), got
+        assert d.closed()
+        daemon.wait_line("Connection lost during DATA; message discarded")
+        assert daemon.messages("alice@example.test") == []

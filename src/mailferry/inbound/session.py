@@ -202,9 +202,14 @@ class Session(asyncio.Protocol):
         """Move the session's deadline. One timer per session is re-armed lazily when it fires
         early, rather than cancelled and re-created for every command (a hot path)."""
         loop = asyncio.get_running_loop()
-        self._deadline = loop.time() + seconds
-        if self._timer is None:
-            self._timer = loop.call_at(self._deadline, self._timed_out)
+        self._deadline = deadline = loop.time() + seconds
+        timer = self._timer
+        if timer is None or deadline < timer.when():
+            # A shorter limit than the one the timer waits for (data_timeout below
+            # idle_timeout): the timer must fire earlier, not only be found early when it fires.
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._timed_out)
 
     def _timed_out(self) -> None:
         # RFC 5321 §4.5.3.2: the server closes an idle session; a client that trickles bytes
