@@ -82,8 +82,8 @@ class Session(asyncio.Protocol):
         self.sid = ctx.sids.acquire()
         self.tx = ctx.txlog.session(self.peer_ip, self.sid)
         self.tx.event(fmt.connected(str(local[0])))
-        # Clients in [relay] networks are never counted or blocked: for them (the common case
-        # of a submission host) intrusion prevention costs this one cached dict lookup.
+        # Clients in [relay] networks are never counted or blocked: for them (a site's own
+        # hosts, most of the traffic) intrusion prevention costs this one cached dict lookup.
         self._trusted = ctx.policy.client_trusted(self.peer_ip)
         refusal = None if self._trusted else self._guard_connect()
         if refusal is None:
@@ -158,9 +158,10 @@ class Session(asyncio.Protocol):
         log.warning("blocked %s for %g s: %s (%s)", block.ip, block.expires - block.created,
                     block.reason, block.detail)
 
-    def _auth_failed(self) -> None:
-        """Called by AUTH after each failed attempt (tls-auth branch): counts AUTHFAIL."""
-        self._count(Reason.AUTHFAIL)
+    def _auth_failed(self) -> bool:
+        """Called by AUTH after each failed attempt, once its 535 is queued (tls-auth branch):
+        counts AUTHFAIL. True when that blocked the client: the session is closing (421 sent)."""
+        return self._count(Reason.AUTHFAIL)
 
     def _pregreet(self, data: bytes) -> None:
         """The client sent something before the greeting (greeting_delay)."""
@@ -400,7 +401,7 @@ class Session(asyncio.Protocol):
         if why is None:
             return False
         assert self.tx is not None
-        self.tx.text(f"Message rate limit: {why} - try again later")
+        self.tx.text(fmt.message_rate_limited(why))
         self._queue_reply(reply.MESSAGE_RATE)
         return True
 

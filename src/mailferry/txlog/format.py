@@ -330,6 +330,11 @@ def pregreet(nbytes: int, seconds: float, first: str) -> str:
             f" {first}")
 
 
+def message_rate_limited(why: str) -> str:
+    """A MAIL FROM refused by a per-user / per-sender message limit (450, not a block)."""
+    return f"Message rate limit: {why} - try again later"
+
+
 _BLOCKED_RE = re.compile(r"^Blocked (?P<ip>\S+) for (?P<seconds>[0-9.e+]+) s: (?P<reason>[A-Z]+)"
                          r" \((?P<detail>.*)\)$")
 _REFUSED_BLOCKED_RE = re.compile(r"^Refused: (?P<ip>\S+) is blocked until (?P<until>.+?): "
