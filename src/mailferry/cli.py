@@ -10,6 +10,7 @@ expected failure: errors are one line, ``mailferry: error: …``, on stderr with
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import sqlite3
@@ -24,6 +25,8 @@ import click
 from mailferry.config import Config, ConfigError, default_config, load_config
 from mailferry.control import render as control_render
 from mailferry.control.client import ControlClientError, request
+from mailferry.inbound.blocks import BlockStore, BlockStoreError
+from mailferry.inbound.guard import Block, Guard, canonical_ip
 from mailferry.tracker.cli import report, trace
 from mailferry.verify.users import Directory, DirectoryError
 
@@ -308,6 +311,73 @@ def status(as_json: bool) -> None:
         click.echo(control_render.status(result), nl=False)
 
 
+@cli.group()
+def block() -> None:
+    """Blocked client addresses (intrusion prevention): list, add, remove. Works while the
+    server runs: it notices a change within a fraction of a second."""
+
+
+def _blocks(config: Config) -> BlockStore:
+    return BlockStore.for_data_dir(config.data_dir, durable=True)
+
+
+def _ip_argument(text: str) -> str:
+    try:
+        return canonical_ip(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an IP address", param_hint="IP") from None
+
+
+def _when(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def _block_dict(b: Block) -> dict[str, object]:
+    return {"ip": b.ip, "reason": b.reason, "detail": b.detail, "created": _when(b.created),
+            "expires": _when(b.expires), "created_unix": b.created, "expires_unix": b.expires}
+
+
+@block.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of objects.")
+@config_option
+def block_list(as_json: bool) -> None:
+    """List blocked addresses: IP, reason code, until when, why."""
+    with _blocks(get_config()) as store:
+        blocks = store.list()
+    if as_json:
+        click.echo(json.dumps([_block_dict(b) for b in blocks], indent=2))
+        return
+    _print_lines(f"{b.ip}  {b.reason}  until {_when(b.expires)}  {b.detail}" for b in blocks)
+
+
+@block.command("add")
+@click.argument("ip")
+@click.option("--for", "seconds", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds (default: [protection] block_time).")
+@click.option("--reason", "text", default="", help="Why (shown in the list and the log).")
+@config_option
+def block_add(ip: str, seconds: float | None, text: str) -> None:
+    """Block an address: its next connection is refused with 554."""
+    key = _ip_argument(ip)
+    config = get_config()
+    if any(ipaddress.ip_address(key) in net for net in config.relay.networks):
+        click.echo(f"mailferry: warning: {key} is in [relay] networks, which are never blocked;"
+                   " the block takes effect only if you remove it from there", err=True)
+    with _blocks(config) as store:
+        store.add(Guard(config.protection).manual(key, seconds, text))
+
+
+@block.command("remove")
+@click.argument("ip")
+@config_option
+def block_remove(ip: str) -> None:
+    """Lift the block of an address."""
+    key = _ip_argument(ip)
+    with _blocks(get_config()) as store:
+        if store.remove(key) is None:
+            raise click.ClickException(f"{key} is not blocked")
+
+
 def _print_lines(lines: Iterable[str]) -> None:
     for line in lines:
         click.echo(line)
@@ -319,7 +389,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         # standalone_mode=False: click hands errors back to us instead of printing them itself.
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="mailferry",
                         standalone_mode=False)
-    except (ConfigError, DirectoryError, ControlClientError, sqlite3.Error) as err:
+    except (ConfigError, DirectoryError, ControlClientError, BlockStoreError,
+            sqlite3.Error) as err:
         # The expected failures, from our commands and from those other modules add.
         _error(str(err), 1)
     except _NoArgsIsHelp as err:

@@ -112,6 +112,25 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class ProtectionConfig:
+    """Intrusion prevention (inbound/guard.py). Counts are per client IP within ``window``
+    seconds; 0 turns a rule off. The defaults only trip on clients no real sender resembles."""
+
+    block_time: float = 3600.0  # how long a tripped client stays blocked
+    window: float = 600.0  # the sliding window of every per-IP rule but the connection rate
+    max_auth_failures: int = 10
+    max_unknown_recipients: int = 50
+    max_relay_attempts: int = 20
+    max_rsets: int = 0
+    max_oversize: int = 0
+    max_connections_per_minute: int = 0  # its window is always 60 s
+    max_pregreets: int = 1  # only with greeting_delay > 0: a client that talks first is a bot
+    greeting_delay: float = 0.0  # seconds before the banner on "smtp" listeners; 0 = none
+    max_messages_per_user: int = 0  # per window, per authenticated user
+    max_messages_per_sender: int = 0  # per window, per MAIL FROM on submission/smtps listeners
+
+
+@dataclass(frozen=True)
 class LogConfig:
     dir: Path | None = None  # default: <data_dir>/log
     flush_interval: float = 0.5  # seconds; a crash loses at most this much transaction log
@@ -128,6 +147,7 @@ class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    protection: ProtectionConfig = field(default_factory=ProtectionConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: Path | None = None  # the file it came from; None for the embedded default
 
@@ -281,6 +301,21 @@ def _positive_int(value: Any) -> int:
     if type(value) is not int or value <= 0:
         raise _Bad(f"must be a positive integer, got {_show(value)}")
     return value
+
+
+def _count_or_off(value: Any) -> int:
+    if type(value) is not int or value < 0:
+        raise _Bad(f"must be an integer >= 0 (0 turns the rule off), got {_show(value)}")
+    return value
+
+
+def _greeting_delay(value: Any) -> float:
+    seconds = _number(zero_ok=True)(value)
+    # RFC 5321 §4.5.3.2.1: a client waits 5 minutes for the greeting; a delay near that only
+    # makes real senders give up. postscreen's default is 6 s.
+    if seconds >= 300:
+        raise _Bad(f"must be less than 300 seconds (RFC 5321 §4.5.3.2.1), got {_show(value)}")
+    return seconds
 
 
 def _line_length(value: Any) -> int:
@@ -481,6 +516,20 @@ _SECTIONS: dict[str, dict[str, Check]] = {
         "tls": _choice("opportunistic", "off"),
         "tls_ca_file": _path,
     },
+    "protection": {
+        "block_time": _number(zero_ok=False),
+        "window": _number(zero_ok=False),
+        "max_auth_failures": _count_or_off,
+        "max_unknown_recipients": _count_or_off,
+        "max_relay_attempts": _count_or_off,
+        "max_rsets": _count_or_off,
+        "max_oversize": _count_or_off,
+        "max_connections_per_minute": _count_or_off,
+        "max_pregreets": _count_or_off,
+        "greeting_delay": _greeting_delay,
+        "max_messages_per_user": _count_or_off,
+        "max_messages_per_sender": _count_or_off,
+    },
     "log": {"dir": _path, "flush_interval": _number(zero_ok=False)},
 }
 
@@ -556,6 +605,7 @@ class _Loader:
             relay=RelayConfig(**v["relay"]),
             queue=QueueConfig(**v["queue"]),
             delivery=DeliveryConfig(**v["delivery"]),
+            protection=ProtectionConfig(**v["protection"]),
             log=LogConfig(**v["log"]),
             source=source,
         )

@@ -23,6 +23,8 @@ from mailferry.control.service import QueueControl
 from mailferry.delivery.outbound import Outbound
 from mailferry.dns.resolver import Resolver
 from mailferry.ids import MessageIdFactory, SessionIdPool
+from mailferry.inbound.blocks import BlockStore
+from mailferry.inbound.guard import Guard
 from mailferry.inbound.listener import ServerContext, start_listener
 from mailferry.inbound.policy import Policy
 from mailferry.queue.remote import RemoteRunner
@@ -78,8 +80,9 @@ async def _main(config: Config, loop_name: str) -> int:
                           Outbound(config, txlog, sids, resolver), txlog, ids,
                           is_local=policy.is_local, enqueue_local=runner.submit)
     runner.on_remote = remote.submit
+    blocks = BlockStore.for_data_dir(data)
     ctx = ServerContext(config=config, txlog=txlog, policy=policy, store=store, runner=runner,
-                        ids=ids, sids=sids)
+                        guard=Guard(config.protection), blocks=blocks, ids=ids, sids=sids)
     recovered = runner.recover()
     states.prune(set(store.queued()))
     runner.start()
@@ -105,6 +108,7 @@ async def _main(config: Config, loop_name: str) -> int:
         store.close()
         txlog.close()
         directory.close()
+        blocks.close()
         return 1
 
     addresses = ", ".join(f"{lc.host}:{lc.port} ({lc.kind})" for lc in config.listeners)
@@ -118,6 +122,7 @@ async def _main(config: Config, loop_name: str) -> int:
         f"  local domains    {', '.join(directory.domains()) or '(none)'}\n"
         f"  data directory   {data}\n"
         f"  users database   {data / 'users.db'}\n"
+        f"  block list       {blocks.path} ({len(blocks.list())} blocked)\n"
         f"  queue            {data / 'queue'}\n"
         f"  control socket   {control.path} (mailferry queue list, mailferry status)\n"
         f"  mailboxes        {data / 'mail'}/<domain>/<user>/Maildir\n"
@@ -149,4 +154,5 @@ async def _main(config: Config, loop_name: str) -> int:
     txlog.system("mailferry stopped")
     txlog.close()
     directory.close()
+    blocks.close()
     return 0

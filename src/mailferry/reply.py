@@ -134,3 +134,20 @@ CLIENT_RDNS_REJECT = r(550, "5.7.25", "Client host rejected: cannot find your re
 TEXT_LINE_TOO_LONG = r(550, "5.6.0", "Message has a line longer than 998 characters (RFC 5322)")
 BARE_NEWLINE_DATA = r(550, "5.6.0", "Message contains bare CR or LF; use CRLF line endings")
 EIGHTBIT_NOT_DECLARED = r(550, "5.6.0", "Message contains NUL bytes")
+
+# --- intrusion prevention (inbound/guard.py) ----------------------------------------------------
+# The reason code is in the text so that `mailferry report` counts refusals by it; the detail
+# (counts, expiry) is only in the transaction log.
+# RFC 3463 X.5.1 "invalid command": talking before the greeting is a protocol violation.
+PREGREET = r(554, "5.5.1", "Protocol error: client talked before the greeting")
+MESSAGE_RATE = r(450, "4.7.1", "Too many messages from you, try again later")
+
+
+def client_blocked(reason: str) -> Reply:
+    """In place of the greeting, to a blocked client (RFC 5321 §3.1 allows 554 there)."""
+    return r(554, "5.7.1", f"Access denied: your address is blocked ({reason})")
+
+
+def client_now_blocked(reason: str) -> Reply:
+    """When a client's counter trips in the middle of its session."""
+    return r(421, "4.7.0", f"Your address is now blocked ({reason}), closing connection")

@@ -10,12 +10,13 @@ import socket
 
 
 class Dialog:
-    def __init__(self, host: str, port: int, timeout: float = 10.0, source: str | None = None
-                 ) -> None:
+    def __init__(self, host: str, port: int, timeout: float = 10.0, source: str | None = None,
+                 *, wait_banner: bool = True) -> None:
+        """``wait_banner=False``: do not read the greeting (a client that talks first)."""
         self.sock = socket.create_connection((host, port), timeout=timeout,
                                              source_address=(source, 0) if source else None)
         self.buf = b""
-        self.banner = self.reply()
+        self.banner = self.reply() if wait_banner else (0, [])
 
     def send(self, data: bytes | str) -> None:
         self.sock.sendall(data.encode() if isinstance(data, str) else data)

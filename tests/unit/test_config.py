@@ -20,6 +20,7 @@ from mailferry.config import (
     ListenerConfig,
     LogConfig,
     PolicyConfig,
+    ProtectionConfig,
     QueueConfig,
     RelayConfig,
     ServerConfig,
@@ -107,6 +108,11 @@ def test_full_file_sets_every_key() -> None:
             ipaddress.ip_network("198.51.100.7/32"),
         )),
         queue=QueueConfig(0.0, 8),
+        protection=ProtectionConfig(
+            block_time=900.0, window=300.5, max_auth_failures=5, max_unknown_recipients=0,
+            max_relay_attempts=3, max_rsets=40, max_oversize=4, max_connections_per_minute=600,
+            max_pregreets=2, greeting_delay=6.0, max_messages_per_user=500,
+            max_messages_per_sender=200),
         log=LogConfig(dir=CONFIGS / "logs", flush_interval=0.25),
         source=path,
     )

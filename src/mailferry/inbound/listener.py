@@ -16,6 +16,8 @@ from email.utils import formatdate
 from mailferry import reply
 from mailferry.config import Config, ListenerConfig
 from mailferry.ids import MessageIdFactory, SessionIdPool
+from mailferry.inbound.blocks import BlockStore
+from mailferry.inbound.guard import Guard
 from mailferry.inbound.policy import Policy
 from mailferry.inbound.session import Session
 from mailferry.queue.runner import Runner
@@ -32,6 +34,8 @@ class ServerContext:
     policy: Policy
     store: QueueStore
     runner: Runner
+    guard: Guard
+    blocks: BlockStore
     ids: MessageIdFactory = field(default_factory=MessageIdFactory)
     sids: SessionIdPool = field(default_factory=SessionIdPool)
     sessions: set[Session] = field(default_factory=set)
@@ -79,7 +83,7 @@ class ServerContext:
 async def start_listener(ctx: ServerContext, listener: ListenerConfig) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: Session(ctx),
+        lambda: Session(ctx, listener),
         host=listener.host,
         port=listener.port,
         backlog=ctx.config.limits.backlog,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from mailferry import reply
 from mailferry.envelope import Envelope, Recipient
+from mailferry.inbound.guard import Block, Reason, canonical_ip
 from mailferry.reply import Reply
 from mailferry.smtp.server import (
     Answered,
@@ -33,6 +34,7 @@ from mailferry.smtp.server import (
 from mailferry.txlog import format as fmt
 
 if TYPE_CHECKING:
+    from mailferry.config import ListenerConfig
     from mailferry.inbound.listener import ServerContext
     from mailferry.queue.store import Spool
     from mailferry.txlog.writer import SessionLog
@@ -41,8 +43,11 @@ log = logging.getLogger("mailferry.session")
 
 
 class Session(asyncio.Protocol):
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServerContext, listener: ListenerConfig) -> None:
         self.ctx = ctx
+        self.listener = listener
+        self.auth_user: str | None = None  # set by a successful AUTH (issue 5, tls-auth)
+        self.tls_active = False
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
         self.sid = ""
@@ -61,6 +66,11 @@ class Session(asyncio.Protocol):
         self._msgid = ""
         self._data_started = 0.0
         self._registered = False
+        self._ip_key = ""  # canonical client IP, for untrusted clients only (guard.py)
+        self._greeted = True  # False while the greeting delay runs
+        self._greet_timer: asyncio.TimerHandle | None = None
+        self._connected_at = 0.0
+        self._rate_keys: tuple[str | None, str | None] = (None, None)  # (user, sender) counted
 
     # --- connection -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -72,23 +82,109 @@ class Session(asyncio.Protocol):
         self.sid = ctx.sids.acquire()
         self.tx = ctx.txlog.session(self.peer_ip, self.sid)
         self.tx.event(fmt.connected(str(local[0])))
-        refusal = ctx.admit(self)
+        # Clients in [relay] networks are never counted or blocked: for them (a site's own
+        # hosts, most of the traffic) intrusion prevention costs this one cached dict lookup.
+        self._trusted = ctx.policy.client_trusted(self.peer_ip)
+        refusal = None if self._trusted else self._guard_connect()
+        if refusal is None:
+            refusal = ctx.admit(self)
         if refusal is not None:
             self._send(refusal)
             self._close()
             return
         self._registered = True
-        self._trusted = ctx.policy.client_trusted(self.peer_ip)
         self.proto = ServerProtocol(ctx.config.server.hostname, self.peer_ip, ctx.limits)
         if ctx.config.policy.client_rdns != "off":
             self._rdns = asyncio.get_running_loop().create_task(self._check_client())
+        delay = ctx.config.protection.greeting_delay
+        if delay > 0 and not self._trusted and self.listener.kind == "smtp":
+            # Greeting delay (postscreen's pregreet test): a real SMTP client waits for the
+            # banner; a spam bot that talks first is refused.
+            self._greeted = False
+            loop = asyncio.get_running_loop()
+            self._connected_at = loop.time()
+            self._greet_timer = loop.call_later(delay, self._greet)
+            self._arm_timer(ctx.config.limits.idle_timeout + delay)
+            return
+        self._greet()
+
+    def _greet(self) -> None:
+        self._greet_timer = None
+        self._greeted = True
+        if self._closing:
+            return
+        ctx = self.ctx
         self._send(reply.greeting(ctx.config.server.hostname, ctx.date()))
         self._arm_timer(ctx.config.limits.idle_timeout)
+
+    def _guard_connect(self) -> Reply | None:
+        """An untrusted client connects: refuse it when blocked, count the connection."""
+        ctx = self.ctx
+        assert self.tx is not None
+        try:
+            self._ip_key = canonical_ip(self.peer_ip)
+        except ValueError:  # not an IP socket (tests over a UNIX socket): nothing to key on
+            return None
+        block = ctx.blocks.get(self._ip_key)
+        if block is not None:
+            until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(block.expires))
+            self.tx.text(fmt.refused_blocked(self._ip_key, until, block.reason, block.detail))
+            return reply.client_blocked(block.reason)
+        tripped = ctx.guard.count(self._ip_key, Reason.CONNRATE)
+        if tripped is not None:
+            self._impose(tripped)
+            return reply.client_now_blocked(tripped.reason)
+        return None
+
+    def _count(self, reason: Reason) -> bool:
+        """Count one offence of this client. When that trips its rule, the client is blocked,
+        told ``421`` and the session closes: returns True (the caller stops)."""
+        if self._trusted or not self._ip_key:
+            return False
+        block = self.ctx.guard.count(self._ip_key, reason)
+        if block is None:
+            return False
+        self._impose(block)
+        self._queue_reply(reply.client_now_blocked(block.reason))
+        self._close()
+        return True
+
+    def _impose(self, block: Block) -> None:
+        """Put a tripped client on the block list (written in the background) and say so."""
+        self.ctx.blocks.add(block)
+        assert self.tx is not None
+        self.tx.text(fmt.blocked(block.ip, block.expires - block.created, block.reason,
+                                 block.detail))
+        log.warning("blocked %s for %g s: %s (%s)", block.ip, block.expires - block.created,
+                    block.reason, block.detail)
+
+    def _auth_failed(self) -> bool:
+        """Called by AUTH after each failed attempt, once its 535 is queued (tls-auth branch):
+        counts AUTHFAIL. True when that blocked the client: the session is closing (421 sent)."""
+        return self._count(Reason.AUTHFAIL)
+
+    def _pregreet(self, data: bytes) -> None:
+        """The client sent something before the greeting (greeting_delay)."""
+        assert self.tx is not None
+        if self._greet_timer is not None:
+            self._greet_timer.cancel()
+            self._greet_timer = None
+        waited = asyncio.get_running_loop().time() - self._connected_at
+        first = data.split(b"\r\n", 1)[0][:80].decode("ascii", "backslashreplace")
+        self.tx.text(fmt.pregreet(len(data), waited, first))
+        self._queue_reply(reply.PREGREET)
+        if self._ip_key:
+            block = self.ctx.guard.count(self._ip_key, Reason.PREGREET)
+            if block is not None:
+                self._impose(block)
+        self._close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._greet_timer is not None:
+            self._greet_timer.cancel()
         if self._rdns is not None:
             self._rdns.cancel()
         if self._spool is not None:
@@ -107,9 +203,14 @@ class Session(asyncio.Protocol):
         """Move the session's deadline. One timer per session is re-armed lazily when it fires
         early, rather than cancelled and re-created for every command (a hot path)."""
         loop = asyncio.get_running_loop()
-        self._deadline = loop.time() + seconds
-        if self._timer is None:
-            self._timer = loop.call_at(self._deadline, self._timed_out)
+        self._deadline = deadline = loop.time() + seconds
+        timer = self._timer
+        if timer is None or deadline < timer.when():
+            # A shorter limit than the one the timer waits for (data_timeout below
+            # idle_timeout): the timer must fire earlier, not only be found early when it fires.
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._timed_out)
 
     def _timed_out(self) -> None:
         # RFC 5321 §4.5.3.2: the server closes an idle session; a client that trickles bytes
@@ -138,6 +239,9 @@ class Session(asyncio.Protocol):
     # --- input ------------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         if self._closing or self.proto is None:
+            return
+        if not self._greeted:
+            self._pregreet(data)
             return
         self.proto.feed(data)
         if not self._busy:
@@ -170,12 +274,19 @@ class Session(asyncio.Protocol):
             self._queue_reply(event.reply)
             if event.close:
                 self._close()
-            else:
-                self._arm_timer(self.ctx.config.limits.idle_timeout)
+                return
+            self._arm_timer(self.ctx.config.limits.idle_timeout)
+            if event.reply is reply.RESET:
+                if self.auth_user is None:
+                    self._count(Reason.RSET)
+            elif event.reply is reply.MESSAGE_TOO_BIG:  # MAIL FROM with SIZE= over the limit
+                self._count_oversize()
             return
         self._arm_timer(self.ctx.config.limits.idle_timeout)
         if type(event) is MailRequest:
             tx.received(event.line)
+            if self.ctx.guard.counts_messages and self._message_rate_refused(event):
+                return
             if self._mail_needs_lookup(event):
                 self._wait_for(self._mail(event))
             else:
@@ -266,6 +377,33 @@ class Session(asyncio.Protocol):
             self._accepted.append((str(event.args.address) if event.args.address.domain
                                    else event.args.path, verdict.targets, verdict.forward))
         self._queue_reply(verdict.reply)
+        if verdict.reply is reply.NO_SUCH_USER:
+            if self.auth_user is None:
+                self._count(Reason.UNKNOWNRCPT)
+        elif verdict.reply is reply.RELAY_DENIED and self.auth_user is None:
+            self._count(Reason.RELAY)
+
+    def _count_oversize(self) -> None:
+        # An authenticated user resending a too-big attachment is a person, not an attack:
+        # blocking their address (often a whole office behind NAT) would punish the wrong thing.
+        if self.auth_user is None:
+            self._count(Reason.OVERSIZE)
+
+    def _message_rate_refused(self, event: MailRequest) -> bool:
+        """Per-user / per-sender message limits ([protection]): 450 when over (not a block)."""
+        guard = self.ctx.guard
+        user = self.auth_user if guard.applies_to_user() else None
+        address = event.args.address
+        sender = (str(address) if address is not None and guard.applies_to_sender()
+                  and self.listener.kind in ("submission", "smtps") else None)
+        self._rate_keys = (user, sender)
+        why = guard.message_refusal(user, sender)
+        if why is None:
+            return False
+        assert self.tx is not None
+        self.tx.text(fmt.message_rate_limited(why))
+        self._queue_reply(reply.MESSAGE_RATE)
+        return True
 
     def _data(self) -> None:
         assert self.proto is not None
@@ -296,6 +434,8 @@ class Session(asyncio.Protocol):
                 tx.event(fmt.summary(sender, rcpt, count, event.size, duration, "REJECTED",
                                      self._msgid))
             self._queue_reply(event.error)
+            if event.error is reply.MESSAGE_TOO_BIG:
+                self._count_oversize()
             return
         ctx = self.ctx
         envelope = Envelope(
@@ -320,6 +460,9 @@ class Session(asyncio.Protocol):
         for rcpt, _targets, _fwd in accepted:
             tx.event(fmt.summary(sender, rcpt, count, event.size, duration, "OK", self._msgid))
         self._queue_reply(reply.accepted(event.size, duration, self._msgid))
+        if ctx.guard.counts_messages:
+            ctx.guard.message_sent(*self._rate_keys)
+            self._rate_keys = (None, None)
         ctx.runner.submit(envelope, header + body if body is not None else None)
 
     def _received_header(self, accepted: list[tuple[str, tuple[str, ...], bool]]) -> bytes:

@@ -326,6 +326,41 @@ def queue_bulk(count: int, action: str, actor: str, detail: str = "") -> str:
     return f"Queue: {count} message(s) {action} by {actor}" + (f": {detail}" if detail else "")
 
 
+def blocked(ip: str, seconds: float, reason: str, detail: str) -> str:
+    """A client has just been blocked: ``Blocked 192.0.2.7 for 3600 s: RELAY (20 relay attempts
+    in 600 s)``."""
+    return f"Blocked {ip} for {seconds:g} s: {reason} ({detail})"
+
+
+def refused_blocked(ip: str, until: str, reason: str, detail: str) -> str:
+    """A blocked client connected: ``Refused: 192.0.2.7 is blocked until 2026-11-29 03:00:00:
+    RELAY (20 relay attempts in 600 s)``."""
+    return f"Refused: {ip} is blocked until {until}: {reason} ({detail})"
+
+
+def pregreet(nbytes: int, seconds: float, first: str) -> str:
+    """A client sent data before the greeting (greeting_delay): postscreen's word for it."""
+    return (f"Refused: pregreet: {nbytes} bytes after {seconds:.1f} s, before the greeting:"
+            f" {first}")
+
+
+def message_rate_limited(why: str) -> str:
+    """A MAIL FROM refused by a per-user / per-sender message limit (450, not a block)."""
+    return f"Message rate limit: {why} - try again later"
+
+
+_BLOCKED_RE = re.compile(r"^Blocked (?P<ip>\S+) for (?P<seconds>[0-9.e+]+) s: (?P<reason>[A-Z]+)"
+                         r" \((?P<detail>.*)\)$")
+_REFUSED_BLOCKED_RE = re.compile(r"^Refused: (?P<ip>\S+) is blocked until (?P<until>.+?): "
+                                 r"(?P<reason>[A-Z]+) \((?P<detail>.*)\)$")
+
+
+def parse_blocked(text: str) -> tuple[str, str, str] | None:
+    """``Blocked …`` or ``Refused: … is blocked …`` → ``(ip, reason code, detail)``."""
+    m = _BLOCKED_RE.match(text) or _REFUSED_BLOCKED_RE.match(text)
+    return (m["ip"], m["reason"], m["detail"]) if m else None
+
+
 _DNS_MX_RE = re.compile(r"^DNS query MX (?P<domain>\S+?)(?P<failed> failed)?: (?P<rest>.*)$")
 _MX_HOST_RE = re.compile(r"(?P<host>[^\s,()]+)(?: \((?P<pref>\d+)\))?")
 _CONNECTING_RE = re.compile(
