@@ -288,6 +288,7 @@ def test_defaults_round_trip_through_a_file() -> None:
     sections["relay"] = {"networks": [str(n) for n in d.relay.networks], "fallback": False}
     sections["delivery"].pop("tls_ca_file")  # None: no TOML spelling
     sections["dns"] = {"nameservers": [], "timeout": d.dns.timeout}
+    sections["tls"] = {}  # no certificate by default (None has no TOML spelling)
 
     def value(v: object) -> str:
         if isinstance(v, bool):

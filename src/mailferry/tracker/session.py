@@ -237,7 +237,7 @@ class Session:
                 self.attempts.append(at)
                 self.direction = self.direction or OUT
                 return
-        if text[:3].upper() == "TLS" or text.startswith("STARTTLS"):
+        if fmt.tls_ok(text):
             self.tls = True
         low = text.lower()
         if "authenticated" in low and self.auth_ok is not False:
