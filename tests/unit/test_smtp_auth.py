@@ -32,7 +32,7 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-# --- parsers ---------------------------------------------------------------------------------------
+# --- parsers --------------------------------------------------------------------------------------
 names = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
                 min_size=1, max_size=40)
 
@@ -133,7 +133,7 @@ def test_auth_arguments_never_crash(arg: str) -> None:
     assert isinstance(parse_auth_args(arg), tuple | Reply)
 
 
-# --- the server's states ---------------------------------------------------------------------------
+# --- the server's states --------------------------------------------------------------------------
 def submission(*, tls: bool = False) -> ServerProtocol:
     proto = ServerProtocol(HOST, IP, starttls_available=True, auth_enabled=True,
                            auth_required=True)

@@ -23,8 +23,8 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any
 
 from mailferry import reply
 from mailferry.envelope import Envelope, Recipient
@@ -106,7 +106,10 @@ class Session(asyncio.Protocol):
             self._rdns = asyncio.get_running_loop().create_task(self._check_client())
         self._arm_timer(ctx.config.limits.idle_timeout)
         if listener.implicit_tls:
-            self._wait_for(self._handshake(greet=True))  # RFC 8314 §3.3: TLS, then the banner
+            # RFC 8314 §3.3: TLS, then the banner. Started now, not in a task: see _start_tls_now.
+            assert ctx.tls is not None
+            starting = _start_tls_now(transport, self, ctx.tls)
+            self._wait_for(self._handshake(greet=True, starting=starting))
             return
         self._send(reply.greeting(ctx.config.server.hostname, ctx.date()))
 
@@ -291,15 +294,18 @@ class Session(asyncio.Protocol):
         self._accept_mail(event)
 
     # --- TLS and AUTH -----------------------------------------------------------------------------
-    async def _handshake(self, *, greet: bool) -> None:
+    async def _handshake(self, *, greet: bool,
+                         starting: Awaitable[asyncio.BaseTransport | None] | None = None) -> None:
         """Upgrade the connection to TLS (STARTTLS, or at once on smtps)."""
         tx, proto, tls = self.tx, self.proto, self.ctx.tls
         assert tx is not None and proto is not None and tls is not None
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         try:
-            transport = await loop.start_tls(self.transport, self, tls, server_side=True,
-                                             ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+            if starting is None:
+                starting = loop.start_tls(self.transport, self, tls, server_side=True,
+                                          ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+            transport = await starting
         except Exception as exc:  # any failure ends the session; none reaches the peer
             tx.text(fmt.tls_failed(_tls_error(exc)))
             self._close()
@@ -307,7 +313,7 @@ class Session(asyncio.Protocol):
             return
         if transport is None or self._closing:
             return
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment] - an SSL transport
         self.tls_active = True
         proto.tls_started()
         ssl_obj = transport.get_extra_info("ssl_object")
@@ -485,3 +491,53 @@ def _tls_error(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return f"no handshake within {TLS_HANDSHAKE_TIMEOUT:g} s"
     return fmt.sanitize(str(exc) or type(exc).__name__)
+
+
+def _start_tls_now(transport: asyncio.BaseTransport, protocol: asyncio.Protocol,
+                   tls: ssl.SSLContext) -> Awaitable[asyncio.BaseTransport | None]:
+    """``loop.start_tls`` with its first step run at once, for ``connection_made`` on smtps.
+
+    Why: uvloop starts reading as soon as ``connection_made`` returns (whatever
+    ``pause_reading`` said), so a task started there runs only after the client's ClientHello
+    was already handed to the SMTP protocol, and the handshake hangs. ``start_tls`` puts the TLS
+    protocol in place in its first step, before its first ``await``: running that step now
+    means the first bytes go to TLS (asyncio's own loop is served the same way). The rest of
+    the coroutine continues in the session's task (:class:`_Continue`).
+    """
+    loop = asyncio.get_running_loop()
+    coro = loop.start_tls(transport, protocol, tls, server_side=True,  # type: ignore[arg-type]
+                          ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+    done: asyncio.Future[asyncio.BaseTransport | None] = loop.create_future()
+    try:
+        pending = coro.send(None)
+    except StopIteration as stop:
+        done.set_result(stop.value)
+        return done
+    except Exception as exc:
+        done.set_exception(exc)
+        return done
+    return _Continue(coro, pending)
+
+
+class _Continue:
+    """Await a coroutine that has already run its first step and is waiting on ``pending``."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
+        self._coro = coro
+        self._pending = pending
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        coro, pending = self._coro, self._pending
+        while True:
+            try:
+                yield pending  # the task waits on the future the coroutine waits on
+            except BaseException as exc:  # cancelled while waiting: pass it on
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                pending = coro.send(None)
+            except StopIteration as stop:
+                return stop.value
