@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailferry.config import (
+    AuthConfig,
     Config,
     ConfigError,
     DnsConfig,
@@ -23,6 +24,7 @@ from mailferry.config import (
     QueueConfig,
     RelayConfig,
     ServerConfig,
+    TlsConfig,
     default_config,
     load_config,
 )
@@ -90,7 +92,9 @@ def test_full_file_sets_every_key() -> None:
     config = load_config(path)
     assert config == Config(
         server=ServerConfig(hostname="mx1.example.test", data_dir=path.parent / "state"),
-        listeners=(ListenerConfig("127.0.0.2", 25), ListenerConfig("::1", 2525)),
+        listeners=(ListenerConfig("127.0.0.2", 25), ListenerConfig("::1", 2525),
+                   ListenerConfig("127.0.0.2", 587, "submission"),
+                   ListenerConfig("127.0.0.2", 465, "smtps")),
         domains=dataclasses.replace(config.domains, local=("example.test", "example.org")),
         dns=DnsConfig(
             nameservers=(
@@ -100,7 +104,7 @@ def test_full_file_sets_every_key() -> None:
             timeout=2.5,
         ),
         limits=LimitsConfig(10_485_760, 50, 512, 60.0, 120.5, 200, 20, 128),
-        policy=PolicyConfig(False, "reject", "accept"),
+        policy=PolicyConfig(False, "reject", "accept", sender_must_match_auth=False),
         relay=RelayConfig((
             ipaddress.ip_network("192.0.2.0/24"),
             ipaddress.ip_network("2001:db8::/32"),
@@ -108,6 +112,9 @@ def test_full_file_sets_every_key() -> None:
         )),
         queue=QueueConfig(0.0, 8),
         log=LogConfig(dir=CONFIGS / "logs", flush_interval=0.25),
+        tls=TlsConfig(certificate=path.parent / "certs" / "mx.pem",
+                      key=Path("/etc/mailferry/mx.key")),
+        auth=AuthConfig(on_smtp=True),
         source=path,
     )
     assert config.log_dir == CONFIGS / "logs"
