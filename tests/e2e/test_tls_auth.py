@@ -18,6 +18,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ import pytest
 from cryptography import x509
 
 from mailferry.txlog.format import split_line
-from tests.support.daemon import Daemon, TlsFiles, free_port, mailferry
+from tests.support.daemon import Daemon, TlsFiles, free_port, mailferry, wait_port
 from tests.support.dialog import Dialog
 from tests.support.smtp_peer import Peer
 
@@ -493,3 +494,37 @@ def test_tls_selfsigned_command(tmp_path: Path) -> None:
         ctx.check_hostname = False  # the certificate names mail.example.test, we dial an IP
         client.starttls(context=ctx)
         client.login("alice@example.test", ALICE_PW)
+
+
+def test_embedded_default_serves_submission_out_of_the_box(tmp_path: Path) -> None:
+    """No config file at all: `mailferry serve` makes its certificate and takes mail clients on
+    127.0.0.1:2587 (STARTTLS) and :2465 (implicit TLS). Fixed ports: if something else holds
+    them on this machine, this test fails saying so."""
+    for port in (2525, 2587, 2465):
+        with socket.socket() as probe:
+            if probe.connect_ex((HOST, port)) == 0:
+                pytest.fail(f"port {port} is in use: the embedded default needs it")
+    subprocess.run([sys.executable, "-m", "mailferry.cli", "user", "add", "alice@example.test",
+                    "--password-stdin"], input=ALICE_PW + "\n", text=True, cwd=tmp_path,
+                   check=True, capture_output=True, timeout=60)
+    proc = subprocess.Popen([sys.executable, "-m", "mailferry.cli", "serve"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_port(HOST, 2587, proc=proc)
+        wait_port(HOST, 2465, proc=proc, implicit_tls=True)
+        cert = tmp_path / "var" / "tls" / "cert.pem"
+        assert stat.S_IMODE(os.stat(tmp_path / "var" / "tls" / "key.pem").st_mode) == 0o600
+        ctx = ssl.create_default_context(cafile=str(cert))  # names 127.0.0.1 and localhost
+        with smtplib.SMTP(HOST, 2587, timeout=10) as client:
+            client.starttls(context=ctx)
+            client.login("alice@example.test", ALICE_PW)
+            assert client.mail("alice@example.test")[0] == 250
+        with smtplib.SMTP_SSL(HOST, 2465, context=ctx, timeout=10) as client:
+            client.login("alice@example.test", ALICE_PW)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert "submission       127.0.0.1:2587 (STARTTLS, then AUTH PLAIN/LOGIN)" in out
+    assert "smtps            127.0.0.1:2465 (implicit TLS, then AUTH PLAIN/LOGIN)" in out
+    assert "Traceback" not in err
