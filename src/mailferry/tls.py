@@ -42,12 +42,17 @@ class TlsError(Exception):
 
 def _load_into(ctx: ssl.SSLContext, tls: TlsConfig) -> None:
     assert tls.certificate is not None and tls.key is not None
+    for path in (tls.certificate, tls.key):
+        # load_cert_chain's own errors do not name the file: say which one is the problem.
+        try:
+            with open(path, "rb"):
+                pass
+        except FileNotFoundError:
+            raise TlsError(f"{path}: no such file") from None
+        except OSError as err:
+            raise TlsError(f"{path}: {err.strerror or err}") from None
     try:
         ctx.load_cert_chain(str(tls.certificate), str(tls.key))
-    except FileNotFoundError as err:
-        raise TlsError(f"{err.filename}: no such file") from None
-    except PermissionError as err:
-        raise TlsError(f"{err.filename}: permission denied") from None
     except (ssl.SSLError, OSError) as err:
         why = getattr(err, "reason", None) or getattr(err, "strerror", None) or str(err)
         raise TlsError(f"{tls.certificate} / {tls.key}: cannot load the certificate and key "

@@ -402,6 +402,16 @@ def test_tracker_shows_the_authenticated_user_on_the_transaction(mta: Daemon, tl
     assert "alice@example.test" in text and "TLS" in text
 
 
+def test_report_reads_tls_and_auth_sessions_as_the_records_do(mta: Daemon) -> None:
+    """`report`'s fast reader (tracker/tally.py) against the record path, on this real log of
+    STARTTLS, failed handshakes, AUTH exchanges and refused logins."""
+    from tests.unit.test_tracker_tally import _assert_same, _both
+
+    old, new = _both([mta.log_dir])
+    _assert_same(old, new)
+    assert old["log"]["unparsed"] == 0
+
+
 def test_no_secret_anywhere_after_all_of_the_above(mta: Daemon) -> None:
     assert_no_secrets(mta)
     assert "Traceback" not in (mta.root / "stderr.log").read_text()
@@ -528,3 +538,13 @@ def test_embedded_default_serves_submission_out_of_the_box(tmp_path: Path) -> No
     assert "submission       127.0.0.1:2587 (STARTTLS, then AUTH PLAIN/LOGIN)" in out
     assert "smtps            127.0.0.1:2465 (implicit TLS, then AUTH PLAIN/LOGIN)" in out
     assert "Traceback" not in err
+
+
+def test_serve_with_a_missing_certificate_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    cfg = tmp_path / "mf.toml"
+    cfg.write_text(f'[server]\ndata_dir = "data"\n[[listener]]\naddress = "{HOST}:{free_port()}"\n'
+                   '[tls]\ncertificate = "missing.pem"\nkey = "missing.key"\n')
+    result = subprocess.run([sys.executable, "-m", "mailferry.cli", "serve", "--config", str(cfg)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr == f"mailferry: error: [tls] {tmp_path / 'missing.pem'}: no such file\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from mailferry import reply
@@ -44,6 +45,9 @@ class Policy:
         self._resolver = resolver
         self._networks = config.relay.networks
         self._trusted_cache: dict[str, bool] = {}
+        # Password checks get their own threads: a flood of logins (argon2, tens of ms each)
+        # must not queue ahead of the queue's fsyncs in the loop's default executor.
+        self._login_pool: ThreadPoolExecutor | None = None
 
     def client_trusted(self, ip: str) -> bool:
         """May this client relay by its address? ([relay] networks; an authenticated session
@@ -91,9 +95,11 @@ class Policy:
     async def check_login(self, username: str, password: str) -> bool:
         """AUTH: the user directory's argon2 check, in a worker thread (it takes tens of ms and
         must not stall the other sessions). Constant time whether or not the user exists."""
+        if self._login_pool is None:
+            self._login_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="login")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self._directory.check_password, username,
-                                          password)
+        return await loop.run_in_executor(self._login_pool, self._directory.check_password,
+                                          username, password)
 
     def check_auth_sender(self, user: str, address: Address | None) -> Verdict | None:
         """[policy] sender_must_match_auth: MAIL FROM of an authenticated session must be the
