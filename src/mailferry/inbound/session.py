@@ -483,7 +483,6 @@ class Session(asyncio.Protocol):
             self.transport.close()
 
 
-
 def _tls_error(exc: BaseException) -> str:
     """One line for a failed handshake: the OpenSSL reason, else the exception's words."""
     if isinstance(exc, ssl.SSLError) and exc.reason:
