@@ -378,6 +378,28 @@ def block_remove(ip: str) -> None:
             raise click.ClickException(f"{key} is not blocked")
 
 
+@cli.group()
+def tls() -> None:
+    """TLS certificates for the listeners."""
+
+
+@tls.command("selfsigned")
+@click.option("--hostname", required=True, help="The name clients connect to (also in the SAN).")
+@click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False), default=Path("."),
+              show_default=True, help="Folder for cert.pem and key.pem.")
+@click.option("--days", type=click.IntRange(1, 3650), default=365, show_default=True,
+              help="Validity in days.")
+def tls_selfsigned(hostname: str, out: Path, days: int) -> None:
+    """Write a throwaway self-signed certificate (cert.pem, key.pem mode 0600) for a first run.
+
+    Clients will not trust it: use one from a real CA (e.g. Let's Encrypt) for real mail."""
+    from mailferry.tls import write_self_signed  # lazily: cryptography is slow to import
+
+    cert, key = write_self_signed(out, hostname, days)
+    click.echo(f"wrote {cert} and {key}\n"
+               f"[tls]\ncertificate = \"{cert.resolve()}\"\nkey = \"{key.resolve()}\"")
+
+
 def _print_lines(lines: Iterable[str]) -> None:
     for line in lines:
         click.echo(line)

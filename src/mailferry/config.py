@@ -40,7 +40,17 @@ class ServerConfig:
 class ListenerConfig:
     host: str = "127.0.0.1"
     port: int = 2525
-    kind: str = "smtp"  # "submission" / "smtps" arrive with TLS (issue 5)
+    # "smtp": port 25 style, STARTTLS offered when [tls] is set; "submission": port 587 style,
+    # STARTTLS and AUTH required before MAIL; "smtps": port 465 style, implicit TLS (RFC 8314).
+    kind: str = "smtp"
+
+    @property
+    def implicit_tls(self) -> bool:
+        return self.kind == "smtps"
+
+    @property
+    def requires_auth(self) -> bool:
+        return self.kind != "smtp"
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,27 @@ class PolicyConfig:
     sender_domain_check: bool = True
     client_rdns: str = "log"  # "off" | "log" | "reject"
     long_text_lines: str = "reject"  # "reject" | "accept": lines over 998 octets in DATA
+    # An authenticated client may only use its own address or an alias that reaches it as MAIL
+    # FROM: a stolen password must not let it send as anybody in the domain.
+    sender_must_match_auth: bool = True
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    certificate: Path | None = None  # PEM, the chain after the server's own certificate
+    key: Path | None = None  # PEM, unencrypted
+    # Not a key of the file: the embedded default sets it, and `serve` then writes a
+    # self-signed certificate at the paths above on its first start.
+    self_signed: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.certificate is not None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    on_smtp: bool = False  # also offer AUTH (after STARTTLS) on "smtp" listeners
 
 
 @dataclass(frozen=True)
@@ -149,6 +180,8 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     protection: ProtectionConfig = field(default_factory=ProtectionConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     source: Path | None = None  # the file it came from; None for the embedded default
 
     @property
@@ -161,9 +194,18 @@ class Config:
 
 
 def default_config(base: Path | None = None) -> Config:
-    """The embedded default: loopback port 2525, everything under ``./var``."""
+    """The embedded default: loopback ports 2525 (smtp), 2587 (submission) and 2465 (smtps),
+    everything under ``./var``, with a self-signed certificate made on the first start."""
     base = base or Path.cwd()
-    return Config(server=ServerConfig(data_dir=(base / "var").resolve()))
+    data = (base / "var").resolve()
+    return Config(
+        server=ServerConfig(data_dir=data),
+        listeners=(ListenerConfig(port=2525, kind="smtp"),
+                   ListenerConfig(port=2587, kind="submission"),
+                   ListenerConfig(port=2465, kind="smtps")),
+        tls=TlsConfig(certificate=data / "tls" / "cert.pem", key=data / "tls" / "key.pem",
+                      self_signed=True),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,10 +453,7 @@ def _nameserver(value: Any) -> tuple[str, int]:
 
 
 def _kind(value: Any) -> str:
-    if value in ("submission", "smtps"):
-        raise _Bad(f"{_show(value)} needs TLS, which is not supported yet (coming later); "
-                   'use "smtp"')
-    return _choice("smtp")(value)
+    return _choice("smtp", "submission", "smtps")(value)
 
 
 def _network(value: Any) -> IPNetwork:
@@ -495,6 +534,7 @@ _SECTIONS: dict[str, dict[str, Check]] = {
         "sender_domain_check": _boolean,
         "client_rdns": _choice("off", "log", "reject"),
         "long_text_lines": _choice("reject", "accept"),
+        "sender_must_match_auth": _boolean,
     },
     "relay": {"networks": _array(_network), "host": _smart_host, "fallback": _boolean},
     "queue": {
@@ -531,6 +571,8 @@ _SECTIONS: dict[str, dict[str, Check]] = {
         "max_messages_per_sender": _count_or_off,
     },
     "log": {"dir": _path, "flush_interval": _number(zero_ok=False)},
+    "tls": {"certificate": _path, "key": _path},
+    "auth": {"on_smtp": _boolean},
 }
 
 
@@ -591,13 +633,26 @@ class _Loader:
              if name != "listener"}
         # The default data_dir ("var") is relative too: next to the file, like any other.
         v["server"].setdefault("data_dir", ServerConfig.data_dir)
-        for section, key in (("server", "data_dir"), ("log", "dir"), ("delivery", "tls_ca_file")):
+        for section, key in (("server", "data_dir"), ("log", "dir"), ("delivery", "tls_ca_file"),
+                             ("tls", "certificate"), ("tls", "key")):
             if key in v[section]:
                 # An absolute path stays as it is: `base / absolute` is `absolute`.
                 v[section][key] = (source.parent / v[section][key]).resolve()
+        tls = v["tls"]
+        if ("certificate" in tls) != ("key" in tls):
+            missing = "key" if "certificate" in tls else "certificate"
+            raise self.error(("tls",), f"needs both certificate and key ({missing} is missing)")
+        listeners = self.listeners(doc["listener"]) if "listener" in doc else Config.listeners
+        if not tls:
+            for index, listener in enumerate(listeners):
+                if listener.kind != "smtp":
+                    raise self.error(("listener", index, "kind"),
+                                     f"{_show(listener.kind)} needs TLS: add a [tls] section with"
+                                     " certificate and key (`mailferry tls selfsigned` makes one"
+                                     " for a first run)")
         return Config(
             server=ServerConfig(**v["server"]),
-            listeners=self.listeners(doc["listener"]) if "listener" in doc else Config.listeners,
+            listeners=listeners,
             domains=DomainsConfig(**v["domains"]),
             dns=DnsConfig(**v["dns"]),
             limits=LimitsConfig(**v["limits"]),
@@ -607,6 +662,8 @@ class _Loader:
             delivery=DeliveryConfig(**v["delivery"]),
             protection=ProtectionConfig(**v["protection"]),
             log=LogConfig(**v["log"]),
+            tls=TlsConfig(**tls),
+            auth=AuthConfig(**v["auth"]),
             source=source,
         )
 

@@ -3,7 +3,7 @@
 Only this module builds concrete collaborators (resolver, directory, store, txlog, runner);
 everything else receives them. SIGTERM/SIGINT: stop listening, tell open sessions 421, finish
 local deliveries in flight, flush the transaction log. SIGHUP: reopen the transaction log (after
-an outside rotation).
+an outside rotation) and load the TLS certificate and key again (after a renewal).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 
@@ -31,6 +32,7 @@ from mailferry.queue.remote import RemoteRunner
 from mailferry.queue.runner import Runner
 from mailferry.queue.state import StateStore
 from mailferry.queue.store import QueueStore
+from mailferry.tls import TlsError, ensure_self_signed, reload, server_context
 from mailferry.txlog.writer import TxLog
 from mailferry.verify.users import Directory
 
@@ -57,6 +59,34 @@ def serve(config: Config) -> int:
         return 0
 
 
+def _tls_context(config: Config) -> ssl.SSLContext | None:
+    """[tls] → the listeners' context; the embedded default makes its certificate first."""
+    if not config.tls.enabled:
+        return None
+    if ensure_self_signed(config.tls, config.server.hostname):
+        print(f"mailferry: made a self-signed certificate for {config.server.hostname}: "
+              f"{config.tls.certificate}", file=sys.stderr)
+    return server_context(config.tls)
+
+
+def _reload_tls(config: Config, ctx: ssl.SSLContext | None, txlog: TxLog) -> None:
+    if ctx is None:
+        return
+    try:
+        reload(ctx, config.tls)
+    except TlsError as err:
+        # Keep serving with the certificate we have: a botched renewal must not stop mail.
+        log.error("TLS reload failed, keeping the old certificate: %s", err)
+        txlog.system(f"TLS reload failed, keeping the old certificate: {err}")
+        return
+    txlog.system(f"TLS certificate reloaded from {config.tls.certificate}")
+
+
+def _on_hup(config: Config, tls: ssl.SSLContext | None, txlog: TxLog) -> None:
+    txlog.reopen()
+    _reload_tls(config, tls, txlog)
+
+
 async def _main(config: Config, loop_name: str) -> int:
     started_at = time.time()
     data = config.data_dir
@@ -67,6 +97,11 @@ async def _main(config: Config, loop_name: str) -> int:
         replace_stale(socket_path(data))
     except OSError as exc:
         print(f"mailferry: error: control socket: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        tls = _tls_context(config)
+    except TlsError as err:
+        print(f"mailferry: error: [tls] {err}", file=sys.stderr)
         return 1
     txlog = TxLog(config.log_dir, flush_interval=config.log.flush_interval)
     directory = Directory(data / "users.db", config.domains.local)
@@ -82,7 +117,8 @@ async def _main(config: Config, loop_name: str) -> int:
     runner.on_remote = remote.submit
     blocks = BlockStore.for_data_dir(data)
     ctx = ServerContext(config=config, txlog=txlog, policy=policy, store=store, runner=runner,
-                        guard=Guard(config.protection), blocks=blocks, ids=ids, sids=sids)
+                        guard=Guard(config.protection), blocks=blocks, tls=tls, ids=ids,
+                        sids=sids)
     recovered = runner.recover()
     states.prune(set(store.queued()))
     runner.start()
@@ -118,6 +154,7 @@ async def _main(config: Config, loop_name: str) -> int:
     print(
         "mailferry is running\n"
         f"  listening on     {addresses}\n"
+        f"{_listener_lines(config)}"
         f"  hostname         {config.server.hostname}\n"
         f"  local domains    {', '.join(directory.domains()) or '(none)'}\n"
         f"  data directory   {data}\n"
@@ -137,7 +174,7 @@ async def _main(config: Config, loop_name: str) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, txlog.reopen)
+    loop.add_signal_handler(signal.SIGHUP, _on_hup, config, tls, txlog)
     await stop.wait()
 
     txlog.system("mailferry stopping")
@@ -156,3 +193,18 @@ async def _main(config: Config, loop_name: str) -> int:
     directory.close()
     blocks.close()
     return 0
+
+
+def _listener_lines(config: Config) -> str:
+    """What a mail client needs to know: where to submit, and how."""
+    lines = []
+    for lc in config.listeners:
+        where = f"[{lc.host}]:{lc.port}" if ":" in lc.host else f"{lc.host}:{lc.port}"
+        if lc.kind == "submission":
+            lines.append(f"  submission       {where} (STARTTLS, then AUTH PLAIN/LOGIN)\n")
+        elif lc.kind == "smtps":
+            lines.append(f"  smtps            {where} (implicit TLS, then AUTH PLAIN/LOGIN)\n")
+    if config.tls.enabled:
+        lines.append(f"  TLS certificate  {config.tls.certificate}"
+                     f"{' (self-signed)' if config.tls.self_signed else ''}\n")
+    return "".join(lines)

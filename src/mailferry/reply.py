@@ -97,7 +97,7 @@ START_DATA = Reply(354, "", 'Enter mail, end with "." on a line by itself')
 HELP = Reply(
     214,
     "2.0.0",
-    ("mailferry: commands EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+    ("mailferry: commands EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
      "See RFC 5321 and https://www.rfc-editor.org/rfc/rfc5321"),
 )
 
@@ -134,6 +134,32 @@ CLIENT_RDNS_REJECT = r(550, "5.7.25", "Client host rejected: cannot find your re
 TEXT_LINE_TOO_LONG = r(550, "5.6.0", "Message has a line longer than 998 characters (RFC 5322)")
 BARE_NEWLINE_DATA = r(550, "5.6.0", "Message contains bare CR or LF; use CRLF line endings")
 EIGHTBIT_NOT_DECLARED = r(550, "5.6.0", "Message contains NUL bytes")
+SENDER_NOT_OWNED = r(553, "5.7.1", "Sender address rejected: not owned by the authenticated user")
+
+# --- TLS (RFC 3207) ----------------------------------------------------------------------------
+READY_TLS = r(220, "2.0.0", "Ready to start TLS")
+TLS_ALREADY_ACTIVE = r(503, "5.5.1", "TLS already active")
+# RFC 3207 §4: a server that requires TLS answers other commands with this.
+STARTTLS_FIRST = r(530, "5.7.0", "Must issue a STARTTLS command first")
+
+# --- AUTH (RFC 4954 §4, §6) ---------------------------------------------------------------------
+def auth_challenge(text: str) -> Reply:
+    """``334 <base64>``: a SASL challenge (harmless prompts such as ``VXNlcm5hbWU6``)."""
+    return Reply(334, "", text)
+
+
+AUTH_OK = r(235, "2.7.0", "Authentication successful")
+AUTH_FAILED = r(535, "5.7.8", "Authentication credentials invalid")
+AUTH_NEEDS_TLS = r(538, "5.7.11", "Encryption required for requested authentication mechanism")
+AUTH_REQUIRED = r(530, "5.7.0", "Authentication required")
+AUTH_TEMPFAIL = r(454, "4.7.0", "Temporary authentication failure, try again later")
+AUTH_ALREADY = r(503, "5.5.1", "Already authenticated")
+AUTH_IN_TRANSACTION = r(503, "5.5.1", "AUTH not allowed during a mail transaction")
+AUTH_UNKNOWN_MECHANISM = r(504, "5.5.4", "Unrecognized authentication type")
+AUTH_CANCELLED = r(501, "5.0.0", "Authentication cancelled")
+AUTH_BAD_BASE64 = r(501, "5.5.2", "Invalid base64 data")
+AUTH_BAD_PLAIN = r(501, "5.5.2", "Malformed authentication data")
+SYNTAX_AUTH = r(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
 
 # --- intrusion prevention (inbound/guard.py) ----------------------------------------------------
 # The reason code is in the text so that `mailferry report` counts refusals by it; the detail

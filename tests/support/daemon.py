@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -26,14 +27,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None
-              ) -> None:
+def wait_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None,
+              *, implicit_tls: bool = False) -> None:
+    """Wait until the port serves: its banner arrives (after a TLS handshake on smtps)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before listening")
         try:
             with socket.create_connection((host, port), timeout=0.5) as s:
+                if implicit_tls:
+                    # Only "is it serving": the certificate is checked by the tests themselves.
+                    ctx = ssl.create_default_context()
+                    ctx.check_hostname = False
+                    ctx.verify_mode = ssl.CERT_NONE
+                    with ctx.wrap_socket(s) as t:
+                        t.recv(512)
+                    return
                 s.recv(512)  # the banner: the server is really serving, not just bound
                 return
         except OSError:
@@ -51,12 +61,15 @@ def toml_value(v: object) -> str:
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def write_config(path: Path, sections: dict[str, dict[str, object]]) -> Path:
+def write_config(path: Path, sections: dict[str, dict[str, object] | list[dict[str, object]]]
+                 ) -> Path:
+    """``{"server": {...}, "[[listener]]": {...} or [{...}, {...}]}`` → a TOML file."""
     lines = []
-    for name, keys in sections.items():
-        lines.append(f"[[{name[2:-2]}]]" if name.startswith("[[") else f"[{name}]")
-        lines.extend(f"{k} = {toml_value(v)}" for k, v in keys.items())
-        lines.append("")
+    for name, value in sections.items():
+        for keys in value if isinstance(value, list) else [value]:
+            lines.append(f"[[{name[2:-2]}]]" if name.startswith("[[") else f"[{name}]")
+            lines.extend(f"{k} = {toml_value(v)}" for k, v in keys.items())
+            lines.append("")
     path.write_text("\n".join(lines))
     return path
 
@@ -69,6 +82,37 @@ def mailferry(*args: str, check: bool = True, input: str | None = None
 
 
 @dataclass
+class TlsFiles:
+    """A test CA (trustme) and a server certificate from it, as PEM files for [tls]."""
+
+    ca: object  # trustme.CA
+    certificate: Path
+    key: Path
+    ca_file: Path
+
+    @classmethod
+    def make(cls, folder: Path, *names: str) -> TlsFiles:
+        import trustme
+
+        folder.mkdir(parents=True, exist_ok=True)
+        ca = trustme.CA()
+        files = cls(ca, folder / "cert.pem", folder / "key.pem", folder / "ca.pem")
+        files.issue(*(names or ("mx.example.test", "localhost", "127.0.0.1")))
+        ca.cert_pem.write_to_path(str(files.ca_file))
+        return files
+
+    def issue(self, *names: str) -> None:
+        """(Re)write the server's certificate and key (a renewal: same CA, new serial)."""
+        cert = self.ca.issue_cert(*names)  # type: ignore[attr-defined]
+        cert.private_key_pem.write_to_path(str(self.key))
+        self.certificate.write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
+
+    def client_context(self) -> ssl.SSLContext:
+        """What a careful client uses: verifies the chain and the name against the test CA."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+
+@dataclass
 class Daemon:
     root: Path
     host: str = "127.0.0.1"
@@ -76,20 +120,30 @@ class Daemon:
     domains: tuple[str, ...] = ("example.test",)
     hostname: str = "mx.example.test"
     overrides: dict[str, dict[str, object]] = field(default_factory=dict)
+    # TLS: [tls] from these files; and more listeners, by kind ("submission", "smtps"), on free
+    # ports (self.ports[kind]). The first listener is always the "smtp" one on self.port.
+    tls: TlsFiles | None = None
+    kinds: tuple[str, ...] = ()
     proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port(self.host)
-        sections: dict[str, dict[str, object]] = {
+        self.ports = {"smtp": self.port, **{kind: free_port(self.host) for kind in self.kinds}}
+        listeners: list[dict[str, object]] = [
+            {"address": f"{self.host}:{port}", "kind": kind} for kind, port in self.ports.items()]
+        sections: dict[str, dict[str, object] | list[dict[str, object]]] = {
             "server": {"hostname": self.hostname, "data_dir": "data"},
-            "[[listener]]": {"address": f"{self.host}:{self.port}"},
+            "[[listener]]": listeners,
             "domains": {"local": list(self.domains)},
             "policy": {"sender_domain_check": False, "client_rdns": "off"},
         }
+        if self.tls is not None:
+            sections["tls"] = {"certificate": str(self.tls.certificate),
+                               "key": str(self.tls.key)}
         for section, keys in self.overrides.items():
-            sections.setdefault(section, {}).update(keys)
+            sections.setdefault(section, {}).update(keys)  # type: ignore[union-attr]
         self.config = write_config(self.root / "mailferry.toml", sections)
 
     @property
@@ -103,8 +157,12 @@ class Daemon:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return mailferry(*args, "--config", str(self.config), check=check)
 
-    def add_user(self, address: str) -> None:
-        self.cli("user", "add", address)
+    def add_user(self, address: str, password: str | None = None) -> None:
+        if password is None:
+            self.cli("user", "add", address)
+        else:
+            mailferry("user", "add", address, "--password-stdin", "--config", str(self.config),
+                      input=password + "\n")
 
     def start(self) -> Daemon:
         self.stderr = open(self.root / "stderr.log", "ab")  # noqa: SIM115 - closed in stop
@@ -113,7 +171,8 @@ class Daemon:
             stdout=subprocess.PIPE, stderr=self.stderr, cwd=self.root,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        wait_port(self.host, self.port, proc=self.proc)
+        for kind, port in self.ports.items():
+            wait_port(self.host, port, proc=self.proc, implicit_tls=kind == "smtps")
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> int:

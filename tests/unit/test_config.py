@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailferry.config import (
+    AuthConfig,
     Config,
     ConfigError,
     DnsConfig,
@@ -24,6 +25,7 @@ from mailferry.config import (
     QueueConfig,
     RelayConfig,
     ServerConfig,
+    TlsConfig,
     default_config,
     load_config,
 )
@@ -91,7 +93,9 @@ def test_full_file_sets_every_key() -> None:
     config = load_config(path)
     assert config == Config(
         server=ServerConfig(hostname="mx1.example.test", data_dir=path.parent / "state"),
-        listeners=(ListenerConfig("127.0.0.2", 25), ListenerConfig("::1", 2525)),
+        listeners=(ListenerConfig("127.0.0.2", 25), ListenerConfig("::1", 2525),
+                   ListenerConfig("127.0.0.2", 587, "submission"),
+                   ListenerConfig("127.0.0.2", 465, "smtps")),
         domains=dataclasses.replace(config.domains, local=("example.test", "example.org")),
         dns=DnsConfig(
             nameservers=(
@@ -101,7 +105,7 @@ def test_full_file_sets_every_key() -> None:
             timeout=2.5,
         ),
         limits=LimitsConfig(10_485_760, 50, 512, 60.0, 120.5, 200, 20, 128),
-        policy=PolicyConfig(False, "reject", "accept"),
+        policy=PolicyConfig(False, "reject", "accept", sender_must_match_auth=False),
         relay=RelayConfig((
             ipaddress.ip_network("192.0.2.0/24"),
             ipaddress.ip_network("2001:db8::/32"),
@@ -114,6 +118,9 @@ def test_full_file_sets_every_key() -> None:
             max_pregreets=2, greeting_delay=6.0, max_messages_per_user=500,
             max_messages_per_sender=200),
         log=LogConfig(dir=CONFIGS / "logs", flush_interval=0.25),
+        tls=TlsConfig(certificate=path.parent / "certs" / "mx.pem",
+                      key=Path("/etc/mailferry/mx.key")),
+        auth=AuthConfig(on_smtp=True),
         source=path,
     )
     assert config.log_dir == CONFIGS / "logs"
@@ -294,6 +301,7 @@ def test_defaults_round_trip_through_a_file() -> None:
     sections["relay"] = {"networks": [str(n) for n in d.relay.networks], "fallback": False}
     sections["delivery"].pop("tls_ca_file")  # None: no TOML spelling
     sections["dns"] = {"nameservers": [], "timeout": d.dns.timeout}
+    sections["tls"] = {}  # no certificate by default (None has no TOML spelling)
 
     def value(v: object) -> str:
         if isinstance(v, bool):

@@ -82,3 +82,37 @@ def test_strangers_never_reach_a_remote_domain(rcpt: str) -> None:
         if v.accepted:
             assert all(t.endswith("@example.test") for t in v.targets)
         directory.close()
+
+
+# --- AUTH: whose sender an authenticated user may use ([policy] sender_must_match_auth) -------
+@pytest.mark.parametrize(("sender", "allowed"), [
+    ("alice@example.test", True), ("ALICE@Example.Test", True),
+    ("sales@example.test", True),  # an alias that reaches alice
+    (None, True),  # the null sender claims nobody's address
+    ("postmaster@example.test", False), ("alice@remote.test", False),
+    ("nobody@example.test", False),
+])
+def test_auth_sender(policy: Policy, sender: str | None, allowed: bool) -> None:
+    address = parse_mailbox(sender) if sender is not None else None
+    verdict = policy.check_auth_sender("alice@example.test", address)
+    if allowed:
+        assert verdict is None
+    else:
+        assert verdict is not None and (verdict.reply.code, verdict.reply.enhanced) == (553,
+                                                                                       "5.7.1")
+        assert "alice@example.test" in (verdict.evidence or "")
+
+
+def test_check_login_runs_the_directory_check(tmp_path: Path) -> None:
+    import asyncio
+
+    directory = Directory(tmp_path / "users.db", ["example.test"])
+    directory.add_user("bob@example.test", "right")
+    policy = Policy(default_config(tmp_path), directory, resolver=None)
+
+    async def both() -> tuple[bool, bool, bool]:
+        return (await policy.check_login("Bob@example.test", "right"),
+                await policy.check_login("bob@example.test", "wrong"),
+                await policy.check_login("nobody@example.test", "right"))
+
+    assert asyncio.run(both()) == (True, False, False)

@@ -44,13 +44,14 @@ def rcpt(arg: str) -> RcptArgs:
 
 
 # --- parse_command --------------------------------------------------------------------------------
-@pytest.mark.parametrize("line", ["FOO", "", " ", "STARTTLS", "AUTH PLAIN x", "MAILFROM:<a@b.test>",
+@pytest.mark.parametrize("line", ["FOO", "", " ", "STARTTLSX", "AUTHPLAIN x", "MAILFROM:<a@b.test>",
                                   "EHLOx", "\tNOOP", "TURN"])
 def test_unknown_command_is_500(line: str) -> None:
     assert_reply(parse_command(line), 500, "5.5.2")
 
 
-@pytest.mark.parametrize("verb", ["EHLO", "HELO", "MAIL", "RCPT", "NOOP", "VRFY", "HELP", "EXPN"])
+@pytest.mark.parametrize("verb", ["EHLO", "HELO", "MAIL", "RCPT", "NOOP", "VRFY", "HELP", "EXPN",
+                                  "AUTH"])
 @pytest.mark.parametrize("spell", [str.upper, str.lower, str.title])
 def test_verbs_are_case_insensitive(verb: str, spell: Callable[[str], str]) -> None:
     result = parse_command(f"{spell(verb)} Some Arg")

@@ -323,11 +323,19 @@ def test_quit_closes() -> None:
     answered(one(proto, b"QUIT now\r\n"), 501, "5.5.4")  # not a QUIT: no close
 
 
-@pytest.mark.parametrize("line", [b"FOO", b"STARTTLS", b"AUTH PLAIN AAAA", b"", b"  "])
+@pytest.mark.parametrize("line", [b"FOO", b"STARTTLS?", b"", b"  "])
 def test_unknown_command(line: bytes) -> None:
     ev = one(new(), line + b"\r\n")
     answered(ev, 500, "5.5.2")
     assert isinstance(ev, Answered) and ev.line == line.decode()
+
+
+def test_starttls_and_auth_without_tls_on_the_listener_are_not_implemented() -> None:
+    ev = one(new(), b"STARTTLS\r\n")
+    answered(ev, 502, "5.5.1")
+    ev = one(greeted(), b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n")
+    answered(ev, 502, "5.5.1")
+    assert isinstance(ev, Answered) and ev.line == "AUTH PLAIN"  # the secret is never echoed
 
 
 # --- line limits and bad characters ---------------------------------------------------------------

@@ -478,7 +478,7 @@ class Outbound:
         ssl_obj = conn.writer.get_extra_info("ssl_object")
         version = ssl_obj.version() if ssl_obj else "?"
         cipher = ssl_obj.cipher()[0] if ssl_obj and ssl_obj.cipher() else "?"
-        conn.log(f"TLS established: {version} {cipher}, certificate "
+        conn.log(f"{fmt.tls_established(version, cipher)}, certificate "
                  f"{'verified' if verify else 'not verified'}")
         # RFC 3207 §4.2: forget what the server said before TLS and ask again.
         return await self._hello(conn, hostname)

@@ -8,6 +8,7 @@ socketserver default of 5 drops them).
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class ServerContext:
     runner: Runner
     guard: Guard
     blocks: BlockStore
+    tls: ssl.SSLContext | None = None  # [tls]; None: no STARTTLS, no AUTH, no smtps
     ids: MessageIdFactory = field(default_factory=MessageIdFactory)
     sids: SessionIdPool = field(default_factory=SessionIdPool)
     sessions: set[Session] = field(default_factory=set)
@@ -81,6 +83,8 @@ class ServerContext:
 
 
 async def start_listener(ctx: ServerContext, listener: ListenerConfig) -> asyncio.Server:
+    """Listen for one [[listener]]. An smtps listener is a plain socket too: its sessions start
+    TLS themselves (Session._handshake), so that a failed handshake is logged like the rest."""
     loop = asyncio.get_running_loop()
     return await loop.create_server(
         lambda: Session(ctx, listener),

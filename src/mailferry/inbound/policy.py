@@ -7,7 +7,9 @@ Must not: do socket I/O or write logs itself.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from mailferry import reply
@@ -43,9 +45,13 @@ class Policy:
         self._resolver = resolver
         self._networks = config.relay.networks
         self._trusted_cache: dict[str, bool] = {}
+        # Password checks get their own threads: a flood of logins (argon2, tens of ms each)
+        # must not queue ahead of the queue's fsyncs in the loop's default executor.
+        self._login_pool: ThreadPoolExecutor | None = None
 
     def client_trusted(self, ip: str) -> bool:
-        """May this client relay? ([relay] networks; authenticated users come with issue 5.)"""
+        """May this client relay by its address? ([relay] networks; an authenticated session
+        may relay too, the session passes ``trusted`` for it.)"""
         known = self._trusted_cache.get(ip)
         if known is None:
             known = self._trusted_cache[ip] = self._in_networks(ip)
@@ -85,6 +91,30 @@ class Policy:
         return Verdict(reply.RELAY_DENIED,
                        f"relay check: {domain} is not local and the client is not in"
                        " [relay] networks - refused")
+
+    async def check_login(self, username: str, password: str) -> bool:
+        """AUTH: the user directory's argon2 check, in a worker thread (it takes tens of ms and
+        must not stall the other sessions). Constant time whether or not the user exists."""
+        if self._login_pool is None:
+            self._login_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="login")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._login_pool, self._directory.check_password,
+                                          username, password)
+
+    def check_auth_sender(self, user: str, address: Address | None) -> Verdict | None:
+        """[policy] sender_must_match_auth: MAIL FROM of an authenticated session must be the
+        user's own address or an alias that reaches the user. None when it is.
+
+        The null sender is allowed (Postfix's reject_sender_login_mismatch does the same): it
+        claims nobody's address, and refusing it would break a client sending a DSN."""
+        if address is None:
+            return None
+        key = address.key
+        if key == user or user in (self._directory.resolve(key) or ()):
+            return None
+        return Verdict(reply.SENDER_NOT_OWNED,
+                       f"sender check: {address} is not an address of the authenticated user"
+                       f" {user} - refused")
 
     def is_local(self, address: str) -> bool:
         """Is this (already resolved) mailbox delivered here? Alias targets may be remote."""

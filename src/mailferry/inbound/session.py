@@ -8,6 +8,12 @@ queue's fsync before 250) the session pauses reading and resumes where it stoppe
 commands are still answered in order.
 
 Exceptions never reach the peer: the client gets ``451 4.3.0``, the log gets the detail.
+
+TLS (RFC 3207, RFC 8314): STARTTLS, or at once on an ``smtps`` listener, the session upgrades its
+own transport with ``loop.start_tls`` (so a failed handshake is one line of its transaction log,
+not a silent drop). What the client pipelined after STARTTLS in the clear is discarded, never run
+(CVE-2011-0411). AUTH (RFC 4954): the password is checked in a worker thread (argon2 takes tens of
+milliseconds); the transaction log gets ``<<< AUTH PLAIN`` and ``<<< ****``, never a secret.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any
 
 from mailferry import reply
 from mailferry.envelope import Envelope, Recipient
@@ -25,11 +32,13 @@ from mailferry.inbound.guard import Block, Reason, canonical_ip
 from mailferry.reply import Reply
 from mailferry.smtp.server import (
     Answered,
+    AuthRequest,
     DataRequest,
     MailRequest,
     MessageEnd,
     RcptRequest,
     ServerProtocol,
+    StartTlsRequest,
 )
 from mailferry.txlog import format as fmt
 
@@ -41,13 +50,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailferry.session")
 
+TLS_HANDSHAKE_TIMEOUT = 30.0  # seconds; a client that opens TLS and stalls holds a session slot
+
 
 class Session(asyncio.Protocol):
     def __init__(self, ctx: ServerContext, listener: ListenerConfig) -> None:
         self.ctx = ctx
         self.listener = listener
-        self.auth_user: str | None = None  # set by a successful AUTH (issue 5, tls-auth)
+        self.auth_user: str | None = None  # the authenticated address (lower case)
         self.tls_active = False
+        self._tls_info = ""  # "TLSv1.3 with cipher …" for the Received header
+        self._lost = False
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
         self.sid = ""
@@ -93,11 +106,23 @@ class Session(asyncio.Protocol):
             self._close()
             return
         self._registered = True
-        self.proto = ServerProtocol(ctx.config.server.hostname, self.peer_ip, ctx.limits)
+        self.proto = proto = ServerProtocol(ctx.config.server.hostname, self.peer_ip, ctx.limits)
+        listener = self.listener
+        if ctx.tls is not None:
+            proto.starttls_available = not listener.implicit_tls
+            proto.auth_enabled = listener.requires_auth or ctx.config.auth.on_smtp
+        proto.auth_required = listener.requires_auth
         if ctx.config.policy.client_rdns != "off":
             self._rdns = asyncio.get_running_loop().create_task(self._check_client())
+        if listener.implicit_tls:
+            # RFC 8314 §3.3: TLS, then the banner. Started now, not in a task: see _start_tls_now.
+            assert ctx.tls is not None
+            self._arm_timer(ctx.config.limits.idle_timeout)
+            starting = _start_tls_now(transport, self, ctx.tls)
+            self._wait_for(self._handshake(greet=True, starting=starting))
+            return
         delay = ctx.config.protection.greeting_delay
-        if delay > 0 and not self._trusted and self.listener.kind == "smtp":
+        if delay > 0 and not self._trusted and listener.kind == "smtp":
             # Greeting delay (postscreen's pregreet test): a real SMTP client waits for the
             # banner; a spam bot that talks first is refused.
             self._greeted = False
@@ -180,6 +205,11 @@ class Session(asyncio.Protocol):
         self._close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Called once by the transport, or by _handshake after a failed handshake (whichever
+        # comes first: asyncio and uvloop differ on whether the protocol hears of it).
+        if self._lost:
+            return
+        self._lost = True
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
@@ -267,7 +297,9 @@ class Session(asyncio.Protocol):
         tx = self.tx
         assert tx is not None and self.proto is not None
         if type(event) is Answered:
-            if event.line is not None:
+            if event.hidden:
+                tx.received(fmt.SECRET)
+            elif event.line is not None:
                 tx.received(event.line)
             elif event.reply is reply.LINE_TOO_LONG:
                 tx.text("Command line too long; discarded")
@@ -287,6 +319,12 @@ class Session(asyncio.Protocol):
             tx.received(event.line)
             if self.ctx.guard.counts_messages and self._message_rate_refused(event):
                 return
+            if self.auth_user is not None and self.ctx.config.policy.sender_must_match_auth:
+                verdict = self.ctx.policy.check_auth_sender(self.auth_user, event.args.address)
+                if verdict is not None:
+                    tx.text(verdict.evidence or "")
+                    self._queue_reply(verdict.reply)
+                    return
             if self._mail_needs_lookup(event):
                 self._wait_for(self._mail(event))
             else:
@@ -299,6 +337,16 @@ class Session(asyncio.Protocol):
             self._data()
         elif type(event) is MessageEnd:
             self._wait_for(self._message_end(event))
+        elif type(event) is StartTlsRequest:
+            tx.received(event.line)
+            self._send(reply.READY_TLS)
+            # RFC 3207 §4.2 / CVE-2011-0411: what was pipelined behind STARTTLS in the clear is
+            # dropped here; reading pauses until the handshake, which reads the rest as TLS.
+            self.proto.discard_input()
+            self._wait_for(self._handshake(greet=False))
+        elif type(event) is AuthRequest:
+            tx.received(event.line if event.line is not None else fmt.SECRET)
+            self._wait_for(self._authenticate(event))
 
     def _wait_for(self, step: Awaitable[None]) -> None:
         """Run an async step; input stays buffered (reading paused) until it has answered."""
@@ -353,6 +401,67 @@ class Session(asyncio.Protocol):
                 return
         self._accept_mail(event)
 
+    # --- TLS and AUTH -----------------------------------------------------------------------------
+    async def _handshake(self, *, greet: bool,
+                         starting: Awaitable[asyncio.BaseTransport | None] | None = None) -> None:
+        """Upgrade the connection to TLS (STARTTLS, or at once on smtps)."""
+        tx, proto, tls = self.tx, self.proto, self.ctx.tls
+        assert tx is not None and proto is not None and tls is not None
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            if starting is None:
+                starting = loop.start_tls(self.transport, self, tls, server_side=True,
+                                          ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+            transport = await starting
+        except Exception as exc:  # any failure ends the session; none reaches the peer
+            tx.text(fmt.tls_failed(_tls_error(exc)))
+            self._close()
+            loop.call_soon(self.connection_lost, None)
+            return
+        if transport is None or self._closing:
+            return
+        self.transport = transport  # type: ignore[assignment] - an SSL transport
+        self.tls_active = True
+        proto.tls_started()
+        ssl_obj = transport.get_extra_info("ssl_object")
+        version = ssl_obj.version() if ssl_obj is not None else None
+        cipher = ssl_obj.cipher() if ssl_obj is not None else None
+        version, cipher_name = version or "?", cipher[0] if cipher else "?"
+        self._tls_info = f"{version} with cipher {cipher_name}"
+        tx.text(fmt.tls_established(version, cipher_name))
+        self._arm_timer(self.ctx.config.limits.idle_timeout)
+        if greet:
+            self._queue_reply(reply.greeting(self.ctx.config.server.hostname, self.ctx.date()))
+
+    async def _authenticate(self, event: AuthRequest) -> None:
+        tx, proto = self.tx, self.proto
+        assert tx is not None and proto is not None
+        creds = event.credentials
+        user = fmt.sanitize(creds.username.lower())
+        try:
+            ok = creds.acceptable and await self.ctx.policy.check_login(creds.username,
+                                                                         creds.password)
+        except Exception:
+            log.exception("session %s: password check failed", self.sid)
+            self._queue_reply(reply.AUTH_TEMPFAIL)
+            tx.text(fmt.auth_failed(user, creds.mechanism, "the user directory failed"))
+            return
+        if ok:
+            self.auth_user = creds.username.lower()
+            proto.auth_succeeded(self.auth_user)
+            # The reply first, then the line naming the user: the tracker pairs them so.
+            self._queue_reply(reply.AUTH_OK)
+            tx.text(fmt.auth_succeeded(user, creds.mechanism))
+            return
+        self._queue_reply(reply.AUTH_FAILED)
+        tx.text(fmt.auth_failed(user, creds.mechanism))
+        self._auth_failed()
+
+    def _auth_failed(self) -> None:
+        """A hook called after every failed AUTH (wrong credentials); intrusion prevention counts
+        failures here. Logs nothing itself: _authenticate has written the line."""
+
     def _mail_needs_lookup(self, event: MailRequest) -> bool:
         """Most MAIL commands need no DNS (check off, null or local sender, rDNS only logged):
         those are answered at once, without a task."""
@@ -369,7 +478,9 @@ class Session(asyncio.Protocol):
 
     def _rcpt(self, event: RcptRequest) -> None:
         assert self.tx is not None and self.proto is not None
-        verdict = self.ctx.policy.check_rcpt(event.args.address, trusted=self._trusted)
+        # An authenticated user may relay (RFC 4954 §9: that is what AUTH is for).
+        verdict = self.ctx.policy.check_rcpt(event.args.address,
+                                             trusted=self._trusted or self.auth_user is not None)
         if verdict.evidence:
             self.tx.text(verdict.evidence)
         if verdict.accepted:
@@ -467,13 +578,19 @@ class Session(asyncio.Protocol):
 
     def _received_header(self, accepted: list[tuple[str, tuple[str, ...], bool]]) -> bytes:
         # RFC 5321 §4.4 trace information, with the message ID that joins the log lines.
+        # RFC 3848: ESMTPS over TLS, ESMTPA after AUTH, ESMTPSA both. The authenticated user is
+        # not named (Postfix's default too): the header travels with the message to every
+        # recipient, and the login name is nobody else's business.
         assert self.proto is not None
         ctx = self.ctx
-        proto = "ESMTP" if self.proto.esmtp else "SMTP"
+        proto = "SMTP"
+        if self.proto.esmtp:
+            proto = "ESMTP" + ("S" if self.tls_active else "") + ("A" if self.auth_user else "")
         name = self._rdns_name or "unknown"
         helo = fmt.sanitize(self.proto.helo_name or "")
+        tls = f"\r\n\t(using {self._tls_info})" if self.tls_active else ""
         for_clause = f"\r\n\tfor <{accepted[0][0]}>" if len(accepted) == 1 else ""
-        return (f"Received: from {helo} ({name} [{self.peer_ip}])\r\n"
+        return (f"Received: from {helo} ({name} [{self.peer_ip}]){tls}\r\n"
                 f"\tby {ctx.config.server.hostname} (mailferry) with {proto} id {self._msgid}"
                 f"{for_clause};\r\n\t{ctx.date()}\r\n").encode("ascii", "replace")
 
@@ -505,3 +622,61 @@ class Session(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+
+def _tls_error(exc: BaseException) -> str:
+    """One line for a failed handshake: the OpenSSL reason, else the exception's words."""
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return f"no handshake within {TLS_HANDSHAKE_TIMEOUT:g} s"
+    return fmt.sanitize(str(exc) or type(exc).__name__)
+
+
+def _start_tls_now(transport: asyncio.BaseTransport, protocol: asyncio.Protocol,
+                   tls: ssl.SSLContext) -> Awaitable[asyncio.BaseTransport | None]:
+    """``loop.start_tls`` with its first step run at once, for ``connection_made`` on smtps.
+
+    Why: uvloop starts reading as soon as ``connection_made`` returns (whatever
+    ``pause_reading`` said), so a task started there runs only after the client's ClientHello
+    was already handed to the SMTP protocol, and the handshake hangs. ``start_tls`` puts the TLS
+    protocol in place in its first step, before its first ``await``: running that step now
+    means the first bytes go to TLS (asyncio's own loop is served the same way). The rest of
+    the coroutine continues in the session's task (:class:`_Continue`).
+    """
+    loop = asyncio.get_running_loop()
+    coro = loop.start_tls(transport, protocol, tls, server_side=True,  # type: ignore[arg-type]
+                          ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+    done: asyncio.Future[asyncio.BaseTransport | None] = loop.create_future()
+    try:
+        pending = coro.send(None)
+    except StopIteration as stop:
+        done.set_result(stop.value)
+        return done
+    except Exception as exc:
+        done.set_exception(exc)
+        return done
+    return _Continue(coro, pending)
+
+
+class _Continue:
+    """Await a coroutine that has already run its first step and is waiting on ``pending``."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
+        self._coro = coro
+        self._pending = pending
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        coro, pending = self._coro, self._pending
+        while True:
+            try:
+                yield pending  # the task waits on the future the coroutine waits on
+            except BaseException as exc:  # cancelled while waiting: pass it on
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                pending = coro.send(None)
+            except StopIteration as stop:
+                return stop.value

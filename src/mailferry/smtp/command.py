@@ -14,10 +14,11 @@ from mailferry.address import Address, AddressError, parse_mailbox, split_path
 from mailferry.reply import Reply
 
 VERBS = frozenset(
-    {"EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "HELP", "EXPN"}
+    {"EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "HELP", "EXPN",
+     "STARTTLS", "AUTH"}
 )
-# Commands that must not have arguments (RFC 5321 §4.1.1.4, .5, .10).
-NO_ARGS = frozenset({"DATA", "RSET", "QUIT"})
+# Commands that must not have arguments (RFC 5321 §4.1.1.4, .5, .10; RFC 3207 §4).
+NO_ARGS = frozenset({"DATA", "RSET", "QUIT", "STARTTLS"})
 
 
 @dataclass(frozen=True, slots=True)

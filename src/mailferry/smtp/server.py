@@ -6,6 +6,13 @@ that need nothing else; MAIL, RCPT and DATA need a decision from policy, so they
 and the session *proceeds* by calling :meth:`accept_mail`, :meth:`accept_rcpt` or
 :meth:`begin_data`. A refused command changes nothing: the caller just sends the refusal.
 
+STARTTLS (RFC 3207) and AUTH (RFC 4954) are checked here too: STARTTLS comes out as an event
+(the session does the handshake, then calls :meth:`tls_started`, which forgets everything); AUTH
+runs its SASL exchange (smtp.auth) here and comes out as :class:`AuthRequest` with the
+credentials, the session checks them and calls :meth:`auth_succeeded`. The lines of an AUTH
+exchange come out redacted: the command without its initial response, and the client's
+continuation lines marked ``hidden`` so the session logs them as ``****``.
+
 No sockets, files, clocks, DNS or policy here. The session does the I/O and the logging.
 """
 
@@ -15,6 +22,7 @@ from dataclasses import dataclass, field
 
 from mailferry import reply
 from mailferry.reply import Reply
+from mailferry.smtp.auth import MECHANISMS, Challenge, Credentials, Exchange, Step, parse_auth_args
 from mailferry.smtp.command import (
     MailArgs,
     RcptArgs,
@@ -35,6 +43,23 @@ class Answered:
     line: str | None
     reply: Reply
     close: bool = False
+    hidden: bool = False  # the line was a SASL response: log it as "****", never as sent
+
+
+@dataclass(frozen=True, slots=True)
+class StartTlsRequest:
+    """STARTTLS was accepted: send 220, discard what is buffered, then do the handshake."""
+
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """An AUTH exchange ended with credentials to check. ``line`` is the redacted command (the
+    mechanism alone) or None when the credentials came in a continuation line (log "****")."""
+
+    line: str | None
+    credentials: Credentials
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +91,8 @@ class MessageEnd:
     error: Reply | None
 
 
-Event = Answered | MailRequest | RcptRequest | DataRequest | MessageEnd
+Event = (Answered | MailRequest | RcptRequest | DataRequest | MessageEnd | StartTlsRequest
+         | AuthRequest)
 
 
 @dataclass
@@ -89,6 +115,13 @@ class ServerProtocol:
     _buf: bytearray = field(default_factory=bytearray)
     _data: DataReader | None = None
     _skipping: bool = False  # discarding the rest of an over-long line
+    # TLS and AUTH, set by the session from its listener.
+    starttls_available: bool = False  # STARTTLS may be offered (a certificate, not smtps)
+    tls_active: bool = False
+    auth_enabled: bool = False  # AUTH is offered on this listener once TLS is active
+    auth_required: bool = False  # MAIL needs AUTH first (submission, smtps)
+    auth_user: str | None = None
+    _sasl: Exchange | None = None  # an AUTH exchange in progress: lines are SASL responses
 
     # --- input ----------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -138,6 +171,7 @@ class ServerProtocol:
                 # keep dropping until the end of that line, so its tail is not read as a command.
                 # The last octet stays: it may be the CR of the CRLF that ends the long line.
                 del buf[:-1]
+                self._sasl = None  # an over-long SASL response ends the exchange
                 was_skipping, self._skipping = self._skipping, True
                 return None if was_skipping else Answered(None, reply.LINE_TOO_LONG)
             return None
@@ -147,7 +181,11 @@ class ServerProtocol:
             self._skipping = False
             return self._next_command_event()
         if end > limit:
+            self._sasl = None
             return Answered(None, reply.LINE_TOO_LONG)
+        if self._sasl is not None:
+            # Before any other check: whatever the client sent here may be a secret.
+            return self._sasl_line(raw)
         bad = check_line_chars(raw)
         line = raw.decode("ascii", "backslashreplace")
         if bad is not None:
@@ -187,16 +225,25 @@ class ServerProtocol:
             return Answered(line, reply.VRFY)
         if verb == "HELP":
             return Answered(line, reply.HELP)
+        if verb == "STARTTLS":
+            return self._starttls(line)
+        if verb == "AUTH":
+            return self._auth(cmd.arg)
         return Answered(line, reply.NOT_IMPLEMENTED)  # EXPN: never reveal list members
 
     def extensions(self) -> list[str]:
-        return [
+        ext = [
             "PIPELINING",
             f"SIZE {self.limits.message_size}",
             "8BITMIME",
             "ENHANCEDSTATUSCODES",
             "HELP",
         ]
+        if self.starttls_available and not self.tls_active:
+            ext.append("STARTTLS")  # RFC 3207 §4.2: never again once TLS is active
+        if self.auth_enabled and self.tls_active:
+            ext.append("AUTH " + " ".join(MECHANISMS))  # never offered in the clear
+        return ext
 
     def _helo(self, arg: str, *, esmtp: bool) -> Reply:
         name = parse_helo(arg)
@@ -213,6 +260,10 @@ class ServerProtocol:
     def _check_mail(self, line: str, arg: str) -> Event:
         if self.helo_name is None:
             return Answered(line, reply.NEED_HELO)
+        if self.auth_required and self.auth_user is None:
+            # RFC 3207 §4 / RFC 4954 §6: 530 5.7.0, naming what has to come first.
+            first = reply.STARTTLS_FIRST if not self.tls_active else reply.AUTH_REQUIRED
+            return Answered(line, first)
         if self.mail is not None:
             return Answered(line, reply.NESTED_MAIL)
         args = parse_mail(arg, max_size=self.limits.message_size)
@@ -233,7 +284,65 @@ class ServerProtocol:
             return Answered(line, reply.TOO_MANY_RECIPIENTS)
         return RcptRequest(line, args)
 
+    def _starttls(self, line: str) -> Event:
+        if self.tls_active:
+            return Answered(line, reply.TLS_ALREADY_ACTIVE)
+        if not self.starttls_available:
+            return Answered(line, reply.NOT_IMPLEMENTED)
+        return StartTlsRequest(line)
+
+    def _auth(self, arg: str) -> Event:
+        # Logged without the initial response: it holds the password (PLAIN).
+        shown = "AUTH " + arg.split(" ", 1)[0] if arg else "AUTH"
+        if not self.auth_enabled:
+            return Answered(shown, reply.NOT_IMPLEMENTED)
+        if not self.tls_active:
+            return Answered(shown, reply.AUTH_NEEDS_TLS)
+        if self.helo_name is None or not self.esmtp:
+            return Answered(shown, reply.NEED_HELO)
+        if self.auth_user is not None:
+            return Answered(shown, reply.AUTH_ALREADY)
+        if self.mail is not None:
+            return Answered(shown, reply.AUTH_IN_TRANSACTION)
+        parsed = parse_auth_args(arg)
+        if isinstance(parsed, Reply):
+            return Answered(shown, parsed)
+        exchange = Exchange(*parsed)
+        return self._sasl_result(shown, exchange, exchange.start())
+
+    def _sasl_line(self, raw: bytes) -> Event:
+        exchange = self._sasl
+        assert exchange is not None
+        self._sasl = None
+        try:
+            line = raw.decode("ascii")
+        except UnicodeDecodeError:
+            return Answered(None, reply.AUTH_BAD_BASE64, hidden=True)
+        return self._sasl_result(None, exchange, exchange.step(line))
+
+    def _sasl_result(self, shown: str | None, exchange: Exchange, step: Step) -> Event:
+        if isinstance(step, Challenge):
+            self._sasl = exchange
+            return Answered(shown, step.reply, hidden=shown is None)
+        if isinstance(step, Credentials):
+            return AuthRequest(shown, step)
+        return Answered(shown, step, hidden=shown is None)
+
     # --- decisions made by the session ------------------------------------------------------
+    def tls_started(self) -> None:
+        """RFC 3207 §4.2: after the handshake the client starts over (EHLO again), and nothing it
+        sent before it is remembered: not a HELO name, a transaction or a buffered line."""
+        self._buf.clear()
+        self._skipping = False
+        self._sasl = None
+        self.tls_active = True
+        self.helo_name = None
+        self.esmtp = False
+        self.auth_user = None
+        self.reset()
+
+    def auth_succeeded(self, user: str) -> None:
+        self.auth_user = user
     def accept_mail(self, args: MailArgs) -> None:
         self.mail = args
         self.rcpts = []

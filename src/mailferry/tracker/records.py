@@ -225,6 +225,8 @@ def message_record(msgid: str | None, inbound: tuple[Session, Txn] | None,
         (iso(deliveries[0][1].start) if deliveries else None),
         end=end,
         sender=sender,
+        auth_user=txn.auth_user if txn else None,
+        tls=txn.tls if txn else None,
         size=txn.size if txn else next((t.size for _, t in deliveries if t.size), None),
         size_declared=txn.size_declared if txn else None,
         duration=txn.duration if txn else None,
@@ -252,7 +254,8 @@ def message_record(msgid: str | None, inbound: tuple[Session, Txn] | None,
 
 def _blank(kind: str, msgid: str | None, status: str, final: bool) -> dict:
     return {"type": kind, "msgid": msgid, "status": status, "final": final, "start": None,
-            "end": None, "sender": None, "size": None, "size_declared": None, "duration": None,
+            "end": None, "sender": None, "auth_user": None, "tls": None, "size": None,
+            "size_declared": None, "duration": None,
             "reply": None, "reason": None, "session": None, "recipients": [], "deliveries": [],
             "bounce": None, "bounce_of": None}
 

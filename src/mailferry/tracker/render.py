@@ -55,9 +55,11 @@ def text(record: dict) -> str:
         if sess["helo"]:
             extras.append(f"({sess['helo']})")
         extras.append(f"session {sess['sid']} [{sess['file']}:{sess['line']}]")
-        if sess["tls"]:
+        if r["tls"] or (r["tls"] is None and sess["tls"]):
             extras.append("TLS")
-        if sess["auth"] and sess["auth"]["ok"]:
+        if r["auth_user"]:
+            extras.append(f"auth {r['auth_user']}")
+        elif sess["auth"] and sess["auth"]["ok"]:
             extras.append(f"auth {sess['auth']['user'] or sess['auth']['mechanism']}")
         if sess["missing"]:
             extras.append("incomplete: log lacks the session's " + " and ".join(sess["missing"]))
@@ -257,8 +259,12 @@ def _text_note(t: str) -> str:
         return "sender checked: domain " + t.split(": ", 1)[-1]
     if "reverse dns" in low or "rdns" in low:
         return "client's reverse DNS checked"
+    if low.startswith("tls handshake failed"):
+        return "the TLS handshake failed: nothing more happened in this session"
     if low.startswith("tls"):
         return "the session is now encrypted"
+    if low.startswith("authentication failed"):
+        return "a login failed (wrong user or password)"
     if "authenticated" in low:
         return "the client logged in"
     return ""

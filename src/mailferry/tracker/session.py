@@ -42,9 +42,9 @@ class Rcpt:
 class Txn:
     """One mail transaction (MAIL FROM … end of data) inside a session."""
 
-    __slots__ = ("bdat", "data_reply", "duration", "end", "mail_reply", "msgid", "queued_as",
-                 "rcpts", "reason", "reply", "sender", "size", "size_declared", "start", "status",
-                 "summaries")
+    __slots__ = ("auth_user", "bdat", "data_reply", "duration", "end", "mail_reply", "msgid",
+                 "queued_as", "rcpts", "reason", "reply", "sender", "size", "size_declared",
+                 "start", "status", "summaries", "tls")
 
     def __init__(self, start: When | None, sender: str | None) -> None:
         self.start = start  # None: the log began after MAIL FROM
@@ -63,6 +63,10 @@ class Txn:
         self.status = "open"  # open → accepted / rejected / aborted / incomplete (or delivery ones)
         self.reason: str | None = None
         self.bdat = False
+        # How the session stood at MAIL FROM: who had logged in (None: nobody, or not known),
+        # and whether the line was encrypted. A session may STARTTLS between transactions.
+        self.auth_user: str | None = None
+        self.tls = False
 
     def rcpt(self, address: str) -> Rcpt:
         key = address.lower()
@@ -237,7 +241,7 @@ class Session:
                 self.attempts.append(at)
                 self.direction = self.direction or OUT
                 return
-        if text[:3].upper() == "TLS" or text.startswith("STARTTLS"):
+        if fmt.tls_ok(text):
             self.tls = True
         low = text.lower()
         if "authenticated" in low and self.auth_ok is not False:
@@ -286,6 +290,9 @@ class Session:
             self._end_txn()
             txn = self.txn = Txn(self._now(), _path(text))
             txn.size_declared = _size_param(text)
+            txn.tls = self.tls
+            if isinstance(self.auth_ok, str):
+                txn.auth_user = self.auth_ok
             self.txns.append(txn)
             arg = txn
         elif verb == "RCPT":

@@ -360,6 +360,30 @@ def parse_blocked(text: str) -> tuple[str, str, str] | None:
     m = _BLOCKED_RE.match(text) or _REFUSED_BLOCKED_RE.match(text)
     return (m["ip"], m["reason"], m["detail"]) if m else None
 
+def tls_established(version: str, cipher: str) -> str:
+    """After a handshake, served or outgoing (outbound adds how the certificate was checked)."""
+    return f"TLS established: {version} {cipher}"
+
+
+def tls_failed(reason: str) -> str:
+    return f"TLS handshake failed: {reason}"
+
+
+def auth_succeeded(user: str, mechanism: str) -> str:
+    """Names the user, never a secret. ``user`` must already be sanitized."""
+    return f"Authenticated as {user} ({mechanism})"
+
+
+def auth_failed(user: str, mechanism: str, why: str = "") -> str:
+    return f"Authentication failed for {user} ({mechanism})" + (f": {why}" if why else "")
+
+
+def tls_ok(text: str) -> bool:
+    """Does a free-text line say the session is encrypted? (``TLS …`` or ``STARTTLS …``, not a
+    failure: IceWarp and our own wording.)"""
+    head = text[:8].upper()
+    return (head[:3] == "TLS" or head == "STARTTLS") and "fail" not in text.lower()
+
 
 _DNS_MX_RE = re.compile(r"^DNS query MX (?P<domain>\S+?)(?P<failed> failed)?: (?P<rest>.*)$")
 _MX_HOST_RE = re.compile(r"(?P<host>[^\s,()]+)(?: \((?P<pref>\d+)\))?")
