@@ -9,13 +9,14 @@ the exemption test): everyone else is an untrusted stranger.
 from __future__ import annotations
 
 import json
+import smtplib
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, TlsFiles
 from tests.support.dialog import Dialog
 
 TRUSTED = "127.0.0.9"
@@ -289,3 +290,40 @@ def test_data_timeout_ends_a_trickling_message(tmp_path: Path) -> None:
         assert d.closed()
         daemon.wait_line("Connection lost during DATA; message discarded")
         assert daemon.messages("alice@example.test") == []
+
+
+def test_auth_brute_force_is_blocked(tmp_path: Path) -> None:
+    """Password guessing on the submission port: the Nth failed AUTH blocks the address (421
+    after the 535), its next connection gets 554 at connect, and the right password from another
+    address still works."""
+    tls = TlsFiles.make(tmp_path / "tls")
+    daemon = Daemon(tmp_path / "d", tls=tls, kinds=("submission",), overrides={
+        "relay": {"networks": ["127.0.0.1/32"]},
+        "protection": {"max_auth_failures": 3},
+    })
+    daemon.add_user("alice@example.test", "right horse battery")
+    src = "127.0.0.71"
+    port = daemon.ports["submission"]
+    with daemon:
+        c = smtplib.SMTP(daemon.host, port, source_address=(src, 0), timeout=20)
+        c.starttls(context=tls.client_context())
+        c.ehlo()
+        c.user, c.password = "alice@example.test", "wrong"
+        for _ in range(3):
+            with pytest.raises(smtplib.SMTPAuthenticationError) as err:
+                c.auth("PLAIN", c.auth_plain)
+            assert err.value.smtp_code == 535
+        # The third failure trips the rule: after its 535 comes 421, and the server closes.
+        assert c.getreply() == (421, b"4.7.0 Your address is now blocked (AUTHFAIL), closing"
+                                     b" connection")
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            c.getreply()
+        c.close()
+        daemon.wait_line(f"Blocked {src} for 3600 s: AUTHFAIL (3 failed AUTH attempts in 600 s)")
+        with Dialog(daemon.host, port, source=src) as d:
+            assert d.banner == (554, ["5.7.1 Access denied: your address is blocked (AUTHFAIL)"])
+            assert d.closed()
+        with smtplib.SMTP(daemon.host, port, source_address=("127.0.0.72", 0), timeout=20) as c:
+            c.starttls(context=tls.client_context())
+            c.ehlo()
+            assert c.login("alice@example.test", "right horse battery")[0] == 235

@@ -458,10 +458,6 @@ class Session(asyncio.Protocol):
         tx.text(fmt.auth_failed(user, creds.mechanism))
         self._auth_failed()
 
-    def _auth_failed(self) -> None:
-        """A hook called after every failed AUTH (wrong credentials); intrusion prevention counts
-        failures here. Logs nothing itself: _authenticate has written the line."""
-
     def _mail_needs_lookup(self, event: MailRequest) -> bool:
         """Most MAIL commands need no DNS (check off, null or local sender, rDNS only logged):
         those are answered at once, without a task."""
