@@ -104,6 +104,9 @@ class TlsConfig:
 @dataclass(frozen=True)
 class AuthConfig:
     on_smtp: bool = False  # also offer AUTH (after STARTTLS) on "smtp" listeners
+    # Remember a successful login for this long (seconds; 0 = never): the argon2 check is slow on
+    # purpose and clients log in on every connection. Dovecot's auth_cache_ttl is 1 hour.
+    login_cache_ttl: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -572,7 +575,7 @@ _SECTIONS: dict[str, dict[str, Check]] = {
     },
     "log": {"dir": _path, "flush_interval": _number(zero_ok=False)},
     "tls": {"certificate": _path, "key": _path},
-    "auth": {"on_smtp": _boolean},
+    "auth": {"on_smtp": _boolean, "login_cache_ttl": _number(zero_ok=True)},
 }
 
 

@@ -104,7 +104,8 @@ async def _main(config: Config, loop_name: str) -> int:
         print(f"mailferry: error: [tls] {err}", file=sys.stderr)
         return 1
     txlog = TxLog(config.log_dir, flush_interval=config.log.flush_interval)
-    directory = Directory(data / "users.db", config.domains.local)
+    directory = Directory(data / "users.db", config.domains.local,
+                          login_cache_ttl=config.auth.login_cache_ttl)
     resolver = Resolver(config.dns.nameservers, config.dns.timeout)
     store = QueueStore(data / "queue", commit_window=config.queue.commit_window_ms / 1000)
     runner = Runner(store, data / "mail", config.server.hostname, txlog)

@@ -353,3 +353,52 @@ def test_resolve_is_fast(directory: Directory) -> None:
             directory.resolve(address)
         per_call = (time.perf_counter() - start) / rounds
         assert per_call < 20e-6, f"{address}: {per_call * 1e6:.1f} µs per resolve"
+
+
+# -- the login cache ([auth] login_cache_ttl) ----------------------------------------------
+
+
+def _server_directory(db: Path, ttl: float) -> tuple[Directory, _CountingHasher]:
+    server = Directory(db, ["example.test"], login_cache_ttl=ttl)
+    counting = _CountingHasher()
+    server._hasher = counting
+    return server, counting
+
+
+def test_a_successful_login_is_remembered_and_a_wrong_password_is_not(db: Path) -> None:
+    with Directory(db, ["example.test"]) as admin:
+        admin.add_user("alice@example.test", "right horse")
+    server, counting = _server_directory(db, 3600)
+    with server:
+        assert server.check_password("alice@example.test", "right horse")
+        assert server.check_password("Alice@Example.TEST", "right horse")
+        assert counting.verified == 1  # the second login did not re-hash
+        # A wrong password is never answered from the cache: each guess costs a full check.
+        assert not server.check_password("alice@example.test", "wrong")
+        assert not server.check_password("alice@example.test", "wrong")
+        assert counting.verified == 3
+        assert not server.check_password("nobody@example.test", "right horse")
+        assert counting.verified == 4
+
+
+def test_a_changed_or_removed_password_ends_the_cached_login(db: Path) -> None:
+    with Directory(db, ["example.test"]) as admin:
+        admin.add_user("alice@example.test", "old secret")
+        server, _ = _server_directory(db, 3600)
+        with server:
+            assert server.check_password("alice@example.test", "old secret")
+            admin.remove_user("alice@example.test")
+            assert not server.check_password("alice@example.test", "old secret")
+            admin.add_user("alice@example.test", "new secret")
+            assert not server.check_password("alice@example.test", "old secret")
+            assert server.check_password("alice@example.test", "new secret")
+
+
+def test_login_cache_off_checks_the_hash_every_time(db: Path) -> None:
+    with Directory(db, ["example.test"]) as admin:
+        admin.add_user("alice@example.test", "right horse")
+    server, counting = _server_directory(db, 0)
+    with server:
+        for _ in range(3):
+            assert server.check_password("alice@example.test", "right horse")
+        assert counting.verified == 3

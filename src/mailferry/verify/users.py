@@ -13,6 +13,8 @@ Must not: store a plain password, reveal through timing whether a user exists, o
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 import sqlite3
@@ -70,11 +72,20 @@ class _Snapshot:
     expansions: dict[str, tuple[str, ...] | None] = field(default_factory=dict)  # memo
 
 
+_LOGIN_CACHE_SIZE = 10_000  # logins remembered at most (bounded: memory)
+
+
 class Directory:
     """Users, aliases and local domains in one SQLite file, with a fast in-memory snapshot."""
 
-    def __init__(self, path: Path, static_domains: Iterable[str] = ()) -> None:
+    def __init__(self, path: Path, static_domains: Iterable[str] = (), *,
+                 login_cache_ttl: float = 0.0) -> None:
         self.path = Path(path)
+        # Successful logins, remembered as Dovecot's auth cache does (see check_password):
+        # address → (stored hash, keyed digest of the password, expiry on the monotonic clock).
+        self._login_cache_ttl = login_cache_ttl
+        self._login_cache: dict[str, tuple[str, bytes, float]] = {}
+        self._login_key = secrets.token_bytes(32)  # per process: digests mean nothing elsewhere
         self._static = frozenset(d.lower().rstrip(".") for d in static_domains)
         self._hasher = argon2.PasswordHasher()  # argon2id with the library's current defaults
         self._dummy_hash: str | None = None
@@ -223,6 +234,14 @@ class Directory:
                 "SELECT password_hash FROM users WHERE address = ?", (address.lower(),)
             ).fetchone()
         stored = row[0] if row else None
+        if stored is not None and self._login_cache_ttl > 0:
+            digest = hmac.new(self._login_key, password.encode(), hashlib.sha256).digest()
+            cached = self._login_cache.get(address.lower())
+            # A hit needs the same stored hash (a password change or a new user of the same
+            # name misses) and the same password; anything else pays the full argon2 check.
+            if (cached is not None and cached[0] == stored and time.monotonic() < cached[2]
+                    and hmac.compare_digest(cached[1], digest)):
+                return True
         if stored is None and self._dummy_hash is None:
             self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
         try:
@@ -230,7 +249,24 @@ class Directory:
             self._hasher.verify(stored if stored is not None else self._dummy_hash, password)
         except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
             return False
-        return stored is not None
+        if stored is None:
+            return False
+        if self._login_cache_ttl > 0:
+            self._remember_login(address.lower(), stored, password)
+        return True
+
+    def _remember_login(self, address: str, stored: str, password: str) -> None:
+        """Cache a successful login. Why: argon2id is slow on purpose (tens of ms, up to a second
+        on a busy small machine), and a mail client authenticates on every connection — a
+        submission server without this spends its CPU re-hashing the same right password.
+        Only successes are cached, so guessing still costs the full hash per attempt; the digest
+        is keyed with a per-process secret, so the cache holds nothing a thief could reuse."""
+        digest = hmac.new(self._login_key, password.encode(), hashlib.sha256).digest()
+        cache = self._login_cache
+        if len(cache) >= _LOGIN_CACHE_SIZE:
+            cache.pop(next(iter(cache)))  # the oldest entry: insertion order
+        cache.pop(address, None)
+        cache[address] = (stored, digest, time.monotonic() + self._login_cache_ttl)
 
     # -- administration ------------------------------------------------------------------------
 
