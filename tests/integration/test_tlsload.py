@@ -220,3 +220,30 @@ def test_against_private_postfix_submission(tmp_path: Path) -> None:
         assert len(delivered) == 6
         log = postfix.maillog.read_text()
         assert log.count("sasl_method=PLAIN, sasl_username=user@bench.test") == 6
+
+
+def test_submission_bench_setup_check(
+    starttls_server: Controller, recorder: Recorder, ca: trustme.CA, ca_file: str
+) -> None:
+    """bench/submission.py refuses to compare a server that takes mail without TLS or AUTH."""
+    from bench.submission import same_setup_problem
+
+    assert same_setup_problem(starttls_server.port, Path(ca_file)) is None
+
+    open_relay = Controller(recorder, hostname="127.0.0.1", port=free_port())
+    open_relay.start()
+    try:
+        problem = same_setup_problem(open_relay.port, Path(ca_file))
+    finally:
+        open_relay.stop()
+    assert problem is not None and "MAIL accepted before STARTTLS" in problem
+
+    tls_without_auth = Controller(recorder, hostname="127.0.0.1", port=free_port(),
+                                  tls_context=_server_context(ca), require_starttls=True)
+    tls_without_auth.start()
+    try:
+        problem = same_setup_problem(tls_without_auth.port, Path(ca_file))
+    finally:
+        tls_without_auth.stop()
+    assert problem == "MAIL and RCPT accepted after STARTTLS without AUTH"
+    assert recorder.messages == []
