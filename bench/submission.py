@@ -38,6 +38,7 @@ import secrets
 import shutil
 import smtplib
 import socket
+import sqlite3
 import ssl
 import statistics
 import sys
@@ -141,10 +142,12 @@ client_rdns = "off"
 class MailferrySubmissionServer(MailferryServer):
     """``mailferry serve`` with a submission listener and the bench certificate."""
 
-    def __init__(self, root: Path, command: list[str], tls: Tls, password: str) -> None:
+    def __init__(self, root: Path, command: list[str], tls: Tls, password: str,
+                 argon2_params: tuple[int, int, int] | None = None) -> None:
         super().__init__(root, command)
         self.tls = tls
         self.password = password
+        self.argon2_params = argon2_params
 
     def config_text(self) -> str:
         return MAILFERRY_SUBMISSION_CONFIG.format(
@@ -154,6 +157,25 @@ class MailferrySubmissionServer(MailferryServer):
 
     def add_users(self) -> None:
         self._cli("user", "add", LOGIN, "--password-stdin", input=self.password + "\n")
+        if self.argon2_params is not None:
+            self._swap_hash(*self.argon2_params)
+
+    def _swap_hash(self, time_cost: int, memory_kib: int, lanes: int) -> None:
+        """--argon2: replace the stored hash by one with cheaper parameters (a what-if).
+
+        argon2 reads its parameters from the stored PHC string when it verifies, so the server
+        then pays that cost per AUTH. This writes to mailferry's user database
+        (``<data_dir>/users.db``, table ``users``) behind its back: diagnostics only.
+        """
+        import argon2
+
+        digest = argon2.PasswordHasher(time_cost=time_cost, memory_cost=memory_kib,
+                                       parallelism=lanes).hash(self.password)
+        with contextlib.closing(sqlite3.connect(self.data_dir / "users.db")) as db, db:
+            changed = db.execute("UPDATE users SET password_hash = ? WHERE address = ?",
+                                 (digest, LOGIN)).rowcount
+        if changed != 1:
+            raise RuntimeError(f"--argon2: {LOGIN} not found in {self.data_dir / 'users.db'}")
 
 
 Server = PostfixSubmissionServer | MailferrySubmissionServer
@@ -220,7 +242,8 @@ METRICS = ("msgs_per_s", "delivered_per_s", "p50_ms", "p99_ms", "tls_ms", "ehlo_
 def make_server(name: str, root: Path, args: argparse.Namespace) -> Server:
     if name == "postfix":
         return PostfixSubmissionServer(root, args.tls, args.password)
-    return MailferrySubmissionServer(root, args.mailferry_command, args.tls, args.password)
+    return MailferrySubmissionServer(root, args.mailferry_command, args.tls, args.password,
+                                     args.argon2)
 
 
 def load(server: Server, args: argparse.Namespace, sessions: int) -> SubRun:
@@ -339,7 +362,10 @@ def table(runs: list[SubRun], args: argparse.Namespace) -> str:
                                       else ""),
         f"argon2id verify with argon2-cffi's defaults (mailferry's password hashes): "
         f"{args.meta['argon2_verify_ms']:.1f} ms on this machine; Postfix's sasldb "
-        "compares a stored plain-text password",
+        "compares a stored plain-text password"
+        + ("" if args.argon2 is None else
+           "\nWHAT-IF: mailferry's stored hash replaced by argon2id t={},m={}KiB,p={} (--argon2),"
+           " not what mailferry writes".format(*args.argon2)),
         "",
         f"{'sessions':>8}  {'server':<9}  {'msgs/s':>8}  {'delivered/s':>11}  {'p50 ms':>7}"
         f"  {'p99 ms':>7}  {'tls':>6}  {'ehlo':>6}  {'auth':>6}  {'data':>6}",
@@ -414,6 +440,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="highest TLS version the client offers (default: 1.3)")
     parser.add_argument("--rsa", action="store_true",
                         help="an RSA-2048 certificate instead of ECDSA P-256")
+    parser.add_argument("--argon2", default=None, metavar="T,M,P",
+                        help="what-if: give mailferry's login an argon2id hash with these "
+                             "parameters (passes, memory KiB, lanes), e.g. 1,1024,1, instead of "
+                             "the one `mailferry user add` made")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the servers' temporary folders go (a real disk, not tmpfs)")
@@ -438,6 +468,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not 0 < args.size <= 50_000_000:
         parser.error("--size: between 1 and 50000000")
     args.mailferry_command = args.mailferry_command.split()
+    if args.argon2 is not None:
+        try:
+            t, m, p = (int(x) for x in args.argon2.split(","))
+        except ValueError:
+            parser.error("--argon2: three integers T,M,P, like 1,1024,1")
+        if t < 1 or p < 1 or m < 8 * p:
+            parser.error("--argon2: T >= 1, P >= 1, M >= 8*P (KiB)")
+        args.argon2 = (t, m, p)
     args.servers = [args.only] if args.only else list(SERVERS)
     if "postfix" in args.servers:
         reason = submission_unavailable()
@@ -464,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         "openssl": ssl.OPENSSL_VERSION, "workdir": str(workdir), "filesystem": fstype,
         "hostname": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "loadavg_before": os.getloadavg(), "argon2_verify_ms": argon2_verify_ms(),
+        "mailferry_argon2_override": args.argon2,
     }
     if fstype in ("tmpfs", "ramfs"):
         print(f"warning: {workdir} is on {fstype}: fsync costs nothing there, so the figures "
