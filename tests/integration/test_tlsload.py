@@ -7,8 +7,10 @@ Postfix side of the benchmark works (marked ``postfix``: needs root, Postfix and
 
 from __future__ import annotations
 
+import shutil
 import smtplib
 import ssl
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -186,14 +188,29 @@ def test_untrusted_certificate_fails_the_handshake(
     assert recorder.logins == [] and recorder.messages == []
 
 
+@pytest.fixture
+def postfix_root() -> Iterator[Path]:
+    """A folder for a private Postfix outside pytest's tmp_path.
+
+    Postfix's daemons (user postfix) must search every folder above their files; PostfixInstance
+    gives them o+x, but any other pytest process starting on the machine sets
+    /tmp/pytest-of-<user> back to 0700, which breaks an instance running under it.
+    """
+    root = Path(tempfile.mkdtemp(prefix="mailferry-test-postfix-"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.mark.postfix
-def test_against_private_postfix_submission(tmp_path: Path) -> None:
+def test_against_private_postfix_submission(postfix_root: Path) -> None:
     reason = submission_unavailable()
     if reason:
         pytest.skip(reason)
-    cert, key, ca_pem = make_certificate(tmp_path / "tls")
+    cert, key, ca_pem = make_certificate(postfix_root / "tls")
     postfix = SubmissionPostfix(
-        root=tmp_path / "postfix", port=free_port(), domain="bench.test",
+        root=postfix_root / "postfix", port=free_port(), domain="bench.test",
         cert_file=cert, key_file=key, logins={"user@bench.test": "pw-for-postfix"},
     )
     with postfix:
