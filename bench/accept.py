@@ -147,11 +147,11 @@ class MailferryServer:
         self.log = root / "mailferry.out"
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def _cli(self, *args: str, timeout: float = 60.0) -> None:
+    def _cli(self, *args: str, timeout: float = 60.0, input: str | None = None) -> None:
         proc = subprocess.run(
             [*self.command, *args, "--config", str(self.config)],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-            check=False,
+            input=input, stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=timeout, check=False,
         )
         if proc.returncode != 0:
             raise RuntimeError(
@@ -159,13 +159,18 @@ class MailferryServer:
                 f"{(proc.stdout + proc.stderr).strip()}"
             )
 
+    def config_text(self) -> str:
+        """The TOML config; bench/submission.py's subclass adds its listener kind and [tls]."""
+        return MAILFERRY_CONFIG.format(data_dir=self.data_dir, host=HOST, port=self.port,
+                                       domain=DOMAIN)
+
+    def add_users(self) -> None:
+        self._cli("user", "add", RECIPIENT)
+
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(
-            MAILFERRY_CONFIG.format(data_dir=self.data_dir, host=HOST, port=self.port,
-                                    domain=DOMAIN)
-        )
-        self._cli("user", "add", RECIPIENT)
+        self.config.write_text(self.config_text())
+        self.add_users()
         with self.log.open("wb") as out:
             self._proc = subprocess.Popen(
                 [*self.command, "serve", "--config", str(self.config)],

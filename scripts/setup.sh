@@ -10,6 +10,10 @@ need_apt=()
 command -v swaks >/dev/null 2>&1 || need_apt+=(swaks)
 command -v smtp-source >/dev/null 2>&1 || need_apt+=(postfix)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# Cyrus SASL for the private Postfix submission server (tests/support/postfix_submission.py,
+# bench/submission.py): saslpasswd2 and the PLAIN/LOGIN/sasldb plugins.
+command -v saslpasswd2 >/dev/null 2>&1 || [ -x /usr/sbin/saslpasswd2 ] || need_apt+=(sasl2-bin)
+ls /usr/lib/*/sasl2/libplain.so.2 >/dev/null 2>&1 || need_apt+=(libsasl2-modules)
 # The web UI's browser tests drive Debian's Chromium with Playwright (no browser download).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
