@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from mailferry.config import Config
 from mailferry.delivery.outbound import Outbound
@@ -27,6 +28,9 @@ from mailferry.queue.state import StateStore
 from mailferry.queue.store import QueueStore
 from mailferry.txlog.writer import TxLog
 from mailferry.verify.users import Directory
+
+if TYPE_CHECKING:
+    from mailferry.web.server import HttpServer
 
 log = logging.getLogger("mailferry")
 
@@ -86,6 +90,21 @@ async def _main(config: Config, loop_name: str) -> int:
         directory.close()
         return 1
 
+    try:
+        http = await _start_http(config, directory, ctx)
+    except OSError as exc:
+        host, port = config.http.address or ("?", 0)
+        print(f"mailferry: error: cannot listen on {host}:{port} (http): "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        for server in servers:
+            server.close()
+        await runner.stop()
+        await remote.stop()
+        store.close()
+        txlog.close()
+        directory.close()
+        return 1
+
     addresses = ", ".join(f"{lc.host}:{lc.port} ({lc.kind})" for lc in config.listeners)
     txlog.system(f"mailferry started: listening on {addresses}; {recovered} queued message(s)"
                  " recovered")
@@ -100,6 +119,7 @@ async def _main(config: Config, loop_name: str) -> int:
         f"  queue            {data / 'queue'}\n"
         f"  mailboxes        {data / 'mail'}/<domain>/<user>/Maildir\n"
         f"  transaction log  {config.log_dir / 'smtp'}/sYYYYMMDD.log\n"
+        f"  web UI and API   {http.url if http else '(off)'}\n"
         f"  config           {config.source or '(embedded default)'}\n"
         f"  event loop       {loop_name}\n"
         "Add a mailbox with: mailferry user add alice@example.test",
@@ -116,6 +136,8 @@ async def _main(config: Config, loop_name: str) -> int:
     txlog.system("mailferry stopping")
     for server in servers:
         server.close()
+    if http is not None:
+        await http.stop()
     for session in list(ctx.sessions):
         session.shutdown()
     with contextlib.suppress(TimeoutError):
@@ -127,3 +149,22 @@ async def _main(config: Config, loop_name: str) -> int:
     txlog.close()
     directory.close()
     return 0
+
+
+async def _start_http(config: Config, directory: Directory, ctx: ServerContext
+                      ) -> HttpServer | None:
+    """The web UI, JSON API and /metrics, when ``[http] address`` is set. Imported here: a
+    server without it never loads FastAPI."""
+    if config.http.address is None:
+        return None
+    from mailferry.web.app import create_app
+    from mailferry.web.server import HttpServer, bind, url_of
+    from mailferry.web.services import WebServices
+
+    host, port = config.http.address
+    sock = bind(host, port)
+    services = WebServices.from_config(config, directory=directory,
+                                       session_live=ctx.sids.in_use)
+    server = HttpServer(create_app(services), sock, url_of(host, port))
+    await server.start()
+    return server

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,21 @@ def wait_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.Pope
         except OSError:
             time.sleep(0.02)
     raise TimeoutError(f"{host}:{port} not accepting connections after {timeout}s")
+
+
+def wait_http(url: str, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
+    """Until ``url`` answers 200 (the daemon starts its HTTP server after the SMTP listeners)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before serving HTTP")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} not answering after {timeout}s")
 
 
 def toml_value(v: object) -> str:
@@ -76,17 +92,21 @@ class Daemon:
     domains: tuple[str, ...] = ("example.test",)
     hostname: str = "mx.example.test"
     overrides: dict[str, dict[str, object]] = field(default_factory=dict)
+    http: bool = False  # serve the web UI / API on a free loopback port (http_url)
     proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port(self.host)
+        # Off unless asked for: daemons of parallel tests must not all claim port 8025.
+        self.http_port = free_port(self.host) if self.http else 0
         sections: dict[str, dict[str, object]] = {
             "server": {"hostname": self.hostname, "data_dir": "data"},
             "[[listener]]": {"address": f"{self.host}:{self.port}"},
             "domains": {"local": list(self.domains)},
             "policy": {"sender_domain_check": False, "client_rdns": "off"},
+            "http": {"address": f"{self.host}:{self.http_port}" if self.http else ""},
         }
         for section, keys in self.overrides.items():
             sections.setdefault(section, {}).update(keys)
@@ -114,7 +134,14 @@ class Daemon:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         wait_port(self.host, self.port, proc=self.proc)
+        if self.http:
+            wait_http(self.http_url + "api/openapi.json", proc=self.proc)
         return self
+
+    @property
+    def http_url(self) -> str:
+        """``http://127.0.0.1:PORT/`` of the web UI (with ``http=True``)."""
+        return f"http://{self.host}:{self.http_port}/"
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
