@@ -318,18 +318,24 @@ class Reconstructor:
                 return True
         return False
 
-    def open_sessions(self) -> list[tuple[Session, int]]:
+    def open_sessions(self) -> list[tuple[Session, list[Txn]]]:
         """The sessions still open (no Disconnected yet), rebuilt from their lines so far, each
-        with its number of mail transactions: what a live view shows. Nothing is changed: each
-        is a fresh Session replaying a copy of the buffered lines."""
+        with its mail transactions (the last one may be open): what a live view shows. Nothing
+        is changed: each is a fresh Session replaying a copy of the buffered lines."""
         found = []
         for key, s in list(self._open.items()):
             copy = Session(s.peer, s.sid, s.start, s.source, s.lineno, s.off)
             copy.first, copy.connected = s.first, s.connected
             copy.lday = s.start[0]
             copy.replay(list(self._bufs.get(key, ())))
-            found.append((copy, len(copy.txns) + (copy.txn is not None)))
+            found.append((copy, copy.txns + ([copy.txn] if copy.txn is not None else [])))
         return found
+
+    def bounce_of(self, original: str) -> str | None:
+        """The ID of the bounce logged for ``original`` (``Bounce B for A``), when it is still
+        remembered: a bounce delivered to a local mailbox has no session to tell it."""
+        want = original.upper()
+        return next((b for b, o in reversed(self._bounce_of.items()) if o.upper() == want), None)
 
     def finish(self) -> None:
         """End of input: close what is still open (marked incomplete) and emit every story."""

@@ -44,7 +44,7 @@ class Data:
     # -- sessions --------------------------------------------------------------------------------
     def sessions(self, kind: str | None = None, state: str | None = None, peer: str | None = None,
                  limit: int = 200) -> models.SessionList:
-        rows = [self._open_row(sess, n) for sess, n in self.index.open_sessions()]
+        rows = [self._open_row(sess, ids, n) for sess, ids, n in self.index.open_sessions()]
         rows.reverse()
         rows += [self._row(e) for e in reversed(self.index.sessions.values())]
         rows = [r for r in rows if (kind is None or r.kind == kind)
@@ -59,7 +59,8 @@ class Data:
         if entry is None:
             return None
         opened = entry.record_status == "open"
-        row = self._open_row(entry.session, 0) if opened else self._row(entry)
+        row = self._open_row(entry.session, entry.msgids, len(entry.msgids)) if opened \
+            else self._row(entry)
         lines = [models.LogLine(line=n, text=t, note=note)
                  for n, t, note in self.index.session_lines(entry.session)]
         notes = [n["text"] for n in entry.session["notes"]]
@@ -70,11 +71,11 @@ class Data:
         return _session_row(e.session, "failed" if failed else "success", e.msgids,
                             len(e.msgids), e.record_status)
 
-    def _open_row(self, sess: dict, transactions: int) -> models.SessionRow:
+    def _open_row(self, sess: dict, msgids: list[str], transactions: int) -> models.SessionRow:
         live = self.session_live
         # Open in the log but not in this process: the server stopped (or crashed) meanwhile.
         state = "active" if live is None or live(sess["sid"] or "") else "failed"
-        return _session_row(sess, state, [], transactions, None)
+        return _session_row(sess, state, msgids, transactions, None)
 
     # -- messages --------------------------------------------------------------------------------
     def messages(self, query: Query, limit: int = 200) -> models.MessageList:
@@ -87,9 +88,21 @@ class Data:
         rec = self.index.message(msgid)
         if rec is None:
             return None
+        events = timeline(rec)
+        failed = [x for x in rec["recipients"] if x["status"] == "failed"]
+        bounce = self.index.bounce_of(rec["msgid"]) if rec["msgid"] and not rec["bounce"] \
+            else None
+        if bounce and failed:  # a bounce to a local sender: the log has no session for it
+            events.append(models.TimelineEvent(
+                time=max((x["finished"] or "" for x in failed), default=None) or rec["end"],
+                kind="bounce", status="sent",
+                title=f"bounce {bounce} sent to {rec['sender'] or '?'} for "
+                      + ", ".join(x["address"] for x in failed),
+                replies=[x["remote_reply"] for x in failed if x["remote_reply"]],
+                session_id=None))
         return models.MessageDetail(message=_message_row(rec),
                                     recipients=[_recipient(x) for x in rec["recipients"]],
-                                    timeline=timeline(rec), record=rec)
+                                    timeline=events, record=rec)
 
     # -- report ----------------------------------------------------------------------------------
     def report(self) -> models.Report:

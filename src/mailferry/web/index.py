@@ -146,9 +146,14 @@ class LogIndex:
         entry.bad = entry.bad or bad or not sess["complete"] or bool(sess["rejected"])
 
     # -- queries (caller holds ``lock``, after refresh) -------------------------------------------
-    def open_sessions(self) -> list[tuple[dict, int]]:
-        """Sessions whose Disconnected is not in the log yet, with their transaction counts."""
-        return [(records.session_dict(s), n) for s, n in self._rec.open_sessions()]
+    def open_sessions(self) -> list[tuple[dict, list[str], int]]:
+        """Sessions whose Disconnected is not in the log yet: each with the message IDs and the
+        number of its transactions so far."""
+        found = []
+        for s, txns in self._rec.open_sessions():
+            ids = list(dict.fromkeys(t.msgid for t in txns if t.msgid))
+            found.append((records.session_dict(s), ids, len(txns)))
+        return found
 
     def message(self, msgid: str) -> dict | None:
         rec = self.records.get(msgid.upper()) or self.records.get(msgid)
@@ -160,13 +165,16 @@ class LogIndex:
                 return r
         return None
 
+    def bounce_of(self, msgid: str) -> str | None:
+        return self._rec.bounce_of(msgid)
+
     def session(self, file: str, line: int) -> SessionEntry | None:
         entry = self.sessions.get((file, line))
         if entry is not None:
             return entry
-        for sess, _ in self.open_sessions():
+        for sess, ids, _ in self.open_sessions():
             if (sess["file"], sess["line"]) == (file, line):
-                return SessionEntry(sess, [], False, "open")
+                return SessionEntry(sess, ids, False, "open")
         return None
 
     def session_lines(self, sess: dict) -> list[tuple[int, str, str]]:

@@ -1,0 +1,69 @@
+"""A mail scene for the web UI tests: a real daemon with its HTTP server, a foreign peer as the
+smart host, and messages whose stories the UI must tell (local delivery, a remote delivery,
+a remote 550 and the bounce it causes).
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.daemon import Daemon, free_port
+from tests.support.smtp_peer import Peer
+
+PEER_HOST = "127.0.0.3"
+
+
+@dataclass
+class Scene:
+    daemon: Daemon
+    peer: Peer
+    local_msgid: str  # bob → alice, delivered to alice's mailbox
+    relayed_msgid: str  # alice → carol@c.test (delivered) and nobody@c.test (550 → bounce)
+
+
+def send(daemon: Daemon, sender: str, rcpts: list[str], subject: str,
+         helo: str = "client.example.test") -> str:
+    with smtplib.SMTP(daemon.host, daemon.port) as client:
+        client.ehlo(helo)
+        client.mail(sender)
+        for r in rcpts:
+            client.rcpt(r)
+        code, text = client.data(f"Subject: {subject}\r\n\r\nhello\r\n".encode())
+        assert code == 250, text
+    found = re.search(rb"Message id (MF\w+)", text)
+    assert found, text
+    return found.group(1).decode()
+
+
+@contextmanager
+def mail_scene(root: Path, **overrides: dict[str, object]) -> Iterator[Scene]:
+    port = free_port(PEER_HOST)
+    peer = Peer(PEER_HOST, port, rcpt_reply=lambda a, _n: (
+        "550 5.1.1 <nobody@c.test>: Recipient address rejected: User unknown"
+        if a.startswith("nobody") else "250 2.1.5 OK"))
+    sections: dict[str, dict[str, object]] = {
+        "relay": {"host": f"{PEER_HOST}:{port}"},
+        "delivery": {"connect_timeout": 3, "command_timeout": 10},
+        "queue": {"retry_schedule": [1, 1], "retry_every": 1, "delay_warning": 0},
+    }
+    for section, keys in overrides.items():
+        sections.setdefault(section, {}).update(keys)
+    daemon = Daemon(root, http=True, overrides=sections)
+    daemon.add_user("alice@example.test")
+    daemon.add_user("bob@example.test")
+    with peer, daemon:
+        local = send(daemon, "bob@example.test", ["alice@example.test"], "hello alice")
+        relayed = send(daemon, "alice@example.test", ["carol@c.test", "nobody@c.test"],
+                       "half fails")
+        daemon.wait_line("Bounce", f"for {relayed}", timeout=20)
+        daemon.wait_messages("alice@example.test", 2)  # bob's message and the bounce
+        deadline = time.monotonic() + 10
+        while daemon.queued() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield Scene(daemon, peer, local, relayed)
