@@ -31,6 +31,7 @@ from mailferry.verify.users import Directory
 
 if TYPE_CHECKING:
     from mailferry.web.server import HttpServer
+    from mailferry.web.services import QueueControl
 
 log = logging.getLogger("mailferry")
 
@@ -151,10 +152,12 @@ async def _main(config: Config, loop_name: str) -> int:
     return 0
 
 
-async def _start_http(config: Config, directory: Directory, ctx: ServerContext
+async def _start_http(config: Config, directory: Directory, ctx: ServerContext, *,
+                      metrics_registry: object = None, queue: QueueControl | None = None
                       ) -> HttpServer | None:
     """The web UI, JSON API and /metrics, when ``[http] address`` is set. Imported here: a
-    server without it never loads FastAPI."""
+    server without it never loads FastAPI. ``metrics_registry``: the prometheus_client
+    registry /metrics serves; ``queue``: the queue control service behind the queue page."""
     if config.http.address is None:
         return None
     from mailferry.web.app import create_app
@@ -163,7 +166,8 @@ async def _start_http(config: Config, directory: Directory, ctx: ServerContext
 
     host, port = config.http.address
     sock = bind(host, port)
-    services = WebServices.from_config(config, directory=directory,
+    services = WebServices.from_config(config, directory=directory, queue=queue,
+                                       metrics_registry=metrics_registry,
                                        session_live=ctx.sids.in_use)
     server = HttpServer(create_app(services), sock, url_of(host, port))
     await server.start()

@@ -68,8 +68,8 @@ class Auth:
         return f"{body}.{self._mac(body.encode())}"
 
     def read_cookie(self, value: str | None) -> WebSession | None:
-        if not value or value.count(".") != 1:
-            return None
+        if not value or not value.isascii() or value.count(".") != 1:
+            return None  # (compare_digest refuses non-ASCII text: it would raise)
         body, mac = value.split(".")
         if not hmac.compare_digest(mac, self._mac(body.encode())):
             return None
@@ -89,7 +89,8 @@ class Auth:
         return self._mac(b"csrf:" + ws.nonce.encode())
 
     def csrf_ok(self, ws: WebSession, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(str(token), self.csrf_token(ws))
+        return bool(token) and str(token).isascii() and \
+            hmac.compare_digest(str(token), self.csrf_token(ws))
 
     # -- passwords -------------------------------------------------------------------------------
     async def check_password(self, user: str, password: str) -> bool:
@@ -127,7 +128,10 @@ def loopback_host(host_header: str | None) -> bool:
     """Whether a Host header names this machine by a loopback address or ``localhost``."""
     if not host_header:
         return False
-    host = urlsplit("//" + host_header).hostname or ""
+    try:
+        host = urlsplit("//" + host_header).hostname or ""
+    except ValueError:  # "[::1" and the like
+        return False
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -146,5 +150,8 @@ def same_origin(origin: str | None, referer: str | None, host: str | None, schem
         source = referer
     if not source:
         return True
-    parts = urlsplit(source)
+    try:
+        parts = urlsplit(source)
+    except ValueError:
+        return False
     return bool(host) and parts.scheme == scheme and parts.netloc.lower() == host.lower()

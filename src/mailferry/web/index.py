@@ -209,6 +209,7 @@ def _session_lines(f: _File, start: int, peer: str, sid: str) -> Iterator[tuple[
     i = bisect.bisect_right(f.seeks, (start, 1 << 62)) - 1
     lineno, offset = f.seeks[max(i, 0)]
     collected = 0
+    connected = False
     try:
         fh = open(f.path, "rb")  # noqa: SIM115 - closed below
     except OSError:
@@ -226,8 +227,10 @@ def _session_lines(f: _File, start: int, peer: str, sid: str) -> Iterator[tuple[
             if parts is None or parts[0] != peer or parts[1] != sid:
                 continue
             body = parts[3]
-            if collected and body.startswith("Connected") and body != fmt.DISCONNECTED:
-                return  # the SID was reused by a new session: ours ended unseen
+            if body == fmt.CONNECTED or body.startswith("Connected,"):
+                if connected:
+                    return  # the SID was reused by a new session: ours ended unseen
+                connected = True  # (a delivery session logs DNS and "Connecting" before it)
             collected += 1
             yield lineno, raw
             if body == fmt.DISCONNECTED:
