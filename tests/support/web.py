@@ -66,4 +66,21 @@ def mail_scene(root: Path, **overrides: dict[str, object]) -> Iterator[Scene]:
         deadline = time.monotonic() + 10
         while daemon.queued() and time.monotonic() < deadline:
             time.sleep(0.05)
+        wait_all_closed(daemon)
         yield Scene(daemon, peer, local, relayed)
+
+
+_OPENED = re.compile(r"^\S+\s+\[\w{4}\] \d\d:\d\d:\d\d Connected", re.M)
+_CLOSED = re.compile(r"^\S+\s+\[\w{4}\] \d\d:\d\d:\d\d Disconnected$", re.M)
+
+
+def wait_all_closed(daemon: Daemon, timeout: float = 15.0) -> None:
+    """Until every session in the log has ended (a delivery connection stays open ~2 s for
+    reuse): the lists are then green and red, no longer yellow."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = daemon.log_text()
+        if len(_OPENED.findall(text)) <= len(_CLOSED.findall(text)):
+            return
+        time.sleep(0.1)
+    raise TimeoutError("sessions still open in the transaction log")

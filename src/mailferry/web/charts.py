@@ -12,7 +12,7 @@ from markupsafe import Markup
 
 _HEIGHT = 160
 _TOP = 10
-_BOTTOM = 40  # room for the labels under the axis
+_BOTTOM = 50  # room for the labels under the axis
 _LEFT = 40
 
 

@@ -134,7 +134,8 @@ async def queue_action_form(request: Request, msgid: str, action: str,
 async def report_page(request: Request) -> Response:
     data = request.app.state.data
     rep = await data.run(data.report)
-    hours = [h.hour for h in rep.per_hour]
+    # "2026-11-29 14" → "11-29 14h": short enough to stand under a bar.
+    hours = [f"{h.hour[5:]}h" if len(h.hour) > 2 else f"{h.hour}h" for h in rep.per_hour]
     traffic = charts.bar_chart(hours, {
         "received": [h.received for h in rep.per_hour],
         "delivered": [h.delivered for h in rep.per_hour],
