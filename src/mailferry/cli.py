@@ -10,9 +10,11 @@ expected failure: errors are one line, ``mailferry: error: …``, on stderr with
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -20,6 +22,8 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from mailferry.config import Config, ConfigError, default_config, load_config
+from mailferry.control import render as control_render
+from mailferry.control.client import ControlClientError, request
 from mailferry.tracker.cli import report, trace
 from mailferry.verify.users import Directory, DirectoryError
 
@@ -204,6 +208,106 @@ def domain_remove(name: str) -> None:
         directory.remove_domain(name)
 
 
+@cli.group()
+def queue() -> None:
+    """The queue of the running server: list, show, flush, hold, release, delete, bounce."""
+
+
+def _control(op: str, **args: Any) -> Any:
+    """One operation on the running server (through its control socket)."""
+    return request(get_config().data_dir, op, **args)
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=False))
+
+
+@queue.command("list")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of the table.")
+@config_option
+def queue_list(as_json: bool) -> None:
+    """Every queued message: state, age, size, next attempt, recipients, last error."""
+    messages = _control("list")
+    if as_json:
+        _echo_json(messages)
+    else:
+        click.echo(control_render.queue_list(messages, time.time()), nl=False)
+
+
+@queue.command("show")
+@click.argument("msgid")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
+@config_option
+def queue_show(msgid: str, as_json: bool) -> None:
+    """One message: envelope, headers, per-recipient history and its transaction-log story."""
+    message = _control("show", id=msgid)
+    if as_json:
+        _echo_json(message)
+    else:
+        click.echo(control_render.queue_show(message, time.time()), nl=False)
+
+
+@queue.command("flush")
+@click.argument("msgid", required=False)
+@click.option("--domain", "-d", metavar="DOMAIN", help="Only messages waiting for this domain.")
+@config_option
+def queue_flush(msgid: str | None, domain: str | None) -> None:
+    """Retry now: one message, one domain's messages, or every message not on hold."""
+    result = _control("flush", id=msgid, domain=domain)
+    click.echo(f"{result['flushed']} message(s) will be tried now")
+
+
+@queue.command("hold")
+@click.argument("msgid")
+@config_option
+def queue_hold(msgid: str) -> None:
+    """Keep a message in the queue without trying it (until release; survives a restart)."""
+    result = _control("hold", id=msgid)
+    later = " after the delivery attempt in flight" if result["attempt_in_flight"] else ""
+    click.echo(f"{result['id']} is on hold{later}")
+
+
+@queue.command("release")
+@click.argument("msgid")
+@config_option
+def queue_release(msgid: str) -> None:
+    """Take a message off hold; it is tried at once."""
+    result = _control("release", id=msgid)
+    click.echo(f"{result['id']} released: delivery is tried now")
+
+
+@queue.command("delete")
+@click.argument("msgid")
+@config_option
+def queue_delete(msgid: str) -> None:
+    """Remove a message for good, without telling the sender (the log records it)."""
+    result = _control("delete", id=msgid)
+    click.echo(f"{result['id']} deleted")
+
+
+@queue.command("bounce")
+@click.argument("msgid")
+@config_option
+def queue_bounce(msgid: str) -> None:
+    """Return a message to its sender now (a delivery status notice) and remove it."""
+    result = _control("bounce", id=msgid)
+    notice = f"notice {result['dsn']} sent to the sender" if result["dsn"] else \
+        "no notice: the message has the null sender"
+    click.echo(f"{result['id']} bounced ({len(result['bounced'])} recipient(s)); {notice}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
+@config_option
+def status(as_json: bool) -> None:
+    """The running server: uptime, open sessions, queue size by state, recent errors."""
+    result = _control("status")
+    if as_json:
+        _echo_json(result)
+    else:
+        click.echo(control_render.status(result), nl=False)
+
+
 def _print_lines(lines: Iterable[str]) -> None:
     for line in lines:
         click.echo(line)
@@ -215,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # standalone_mode=False: click hands errors back to us instead of printing them itself.
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="mailferry",
                         standalone_mode=False)
-    except (ConfigError, DirectoryError, sqlite3.Error) as err:
+    except (ConfigError, DirectoryError, ControlClientError, sqlite3.Error) as err:
         # The expected failures, from our commands and from those other modules add.
         _error(str(err), 1)
     except _NoArgsIsHelp as err:

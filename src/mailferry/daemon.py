@@ -14,9 +14,13 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from mailferry.config import Config
+from mailferry.control.paths import socket_path
+from mailferry.control.server import ControlServer, replace_stale
+from mailferry.control.service import QueueControl
 from mailferry.delivery.outbound import Outbound
 from mailferry.dns.resolver import Resolver
 from mailferry.ids import MessageIdFactory, SessionIdPool
@@ -31,7 +35,6 @@ from mailferry.verify.users import Directory
 
 if TYPE_CHECKING:
     from mailferry.web.server import HttpServer
-    from mailferry.web.services import QueueControl
 
 log = logging.getLogger("mailferry")
 
@@ -57,8 +60,16 @@ def serve(config: Config) -> int:
 
 
 async def _main(config: Config, loop_name: str) -> int:
+    started_at = time.time()
     data = config.data_dir
     data.mkdir(parents=True, exist_ok=True)
+    try:
+        # Before anything touches the queue: a second server on the same data directory would
+        # recover (and deliver) messages the first one is delivering.
+        replace_stale(socket_path(data))
+    except OSError as exc:
+        print(f"mailferry: error: control socket: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     txlog = TxLog(config.log_dir, flush_interval=config.log.flush_interval)
     directory = Directory(data / "users.db", config.domains.local)
     resolver = Resolver(config.dns.nameservers, config.dns.timeout)
@@ -78,12 +89,21 @@ async def _main(config: Config, loop_name: str) -> int:
     runner.start()
     remote.start()
     servers = []
+    queue_control = QueueControl(config=config, store=store, states=states, remote=remote,
+                                 txlog=txlog, sessions=lambda: ctx.sessions,
+                                 started_at=started_at)
+    control = ControlServer(queue_control, socket_path(data))
+    where = "control socket"
     try:
         for listener in config.listeners:
+            where = f"cannot listen on {listener.host}:{listener.port}"
             servers.append(await start_listener(ctx, listener))
+        where = f"control socket {control.path}"
+        await control.start()
     except OSError as exc:
-        print(f"mailferry: error: cannot listen on {listener.host}:{listener.port}: "
-              f"{exc.strerror or exc}", file=sys.stderr)
+        print(f"mailferry: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        for server in servers:
+            server.close()
         await runner.stop()
         await remote.stop()
         store.close()
@@ -92,11 +112,12 @@ async def _main(config: Config, loop_name: str) -> int:
         return 1
 
     try:
-        http = await _start_http(config, directory, ctx)
+        http = await _start_http(config, directory, ctx, queue=queue_control)
     except OSError as exc:
         host, port = config.http.address or ("?", 0)
         print(f"mailferry: error: cannot listen on {host}:{port} (http): "
               f"{exc.strerror or exc}", file=sys.stderr)
+        await control.close()
         for server in servers:
             server.close()
         await runner.stop()
@@ -118,6 +139,7 @@ async def _main(config: Config, loop_name: str) -> int:
         f"  data directory   {data}\n"
         f"  users database   {data / 'users.db'}\n"
         f"  queue            {data / 'queue'}\n"
+        f"  control socket   {control.path} (mailferry queue list, mailferry status)\n"
         f"  mailboxes        {data / 'mail'}/<domain>/<user>/Maildir\n"
         f"  transaction log  {config.log_dir / 'smtp'}/sYYYYMMDD.log\n"
         f"  web UI and API   {http.url if http else '(off)'}\n"
@@ -135,6 +157,7 @@ async def _main(config: Config, loop_name: str) -> int:
     await stop.wait()
 
     txlog.system("mailferry stopping")
+    await control.close()
     for server in servers:
         server.close()
     if http is not None:

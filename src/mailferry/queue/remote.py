@@ -12,6 +12,11 @@ the message's state file *before* anything else happens (queue/state.py); then:
   ``delay_warning``.
 When no recipient is pending any more, the message and its state leave the queue.
 
+Administration (control/service.py calls these): ``hold``/``release`` (durable, in the state
+file; a held message is parked and never attempted), ``flush_ids``, ``delete`` and
+``bounce_now``. An attempt in flight is never interrupted: hold takes effect after it, and
+delete/bounce wait for it to end (``wait_idle``) and park the message while they work.
+
 Must not: speak SMTP itself or decide policy for incoming mail.
 """
 
@@ -23,7 +28,7 @@ import heapq
 import logging
 import re
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 
 from mailferry.config import Config
@@ -61,6 +66,12 @@ class RemoteRunner:
         self._queued: set[str] = set()
         self._active: set[str] = set()
         self._forced: set[str] = set()  # flushed: try every pending recipient, due or not
+        # On hold, or being deleted/bounced: never started, even when due (the durable mark of
+        # a hold is in the state file; this set is its in-memory side).
+        self._parked: set[str] = set()
+        self._attempt_done: dict[str, asyncio.Event] = {}  # waited on by wait_idle()
+        # Recent delivery errors, newest last (``mailferry status``): bounded, in memory only.
+        self.errors: deque[dict] = deque(maxlen=50)
         self._wakeup = asyncio.Event()
         self._total = asyncio.Semaphore(config.queue.delivery_workers)
         self._per_domain: dict[str, asyncio.Semaphore] = defaultdict(
@@ -108,7 +119,7 @@ class RemoteRunner:
             while self._due and self._due[0][0] <= now:
                 _, msgid = heapq.heappop(self._due)
                 self._queued.discard(msgid)
-                if msgid in self._active:
+                if msgid in self._active or msgid in self._parked:
                     continue
                 self._active.add(msgid)
                 task = asyncio.get_running_loop().create_task(self._attempt(msgid))
@@ -130,6 +141,10 @@ class RemoteRunner:
             self.submit(msgid, time.time() + (self._policy.schedule[0]
                                               if self._policy.schedule else 300))
             return
+        finally:
+            done = self._attempt_done.pop(msgid, None)
+            if done is not None:
+                done.set()
         self._active.discard(msgid)
 
     # --- one message ------------------------------------------------------------------------------
@@ -148,6 +163,11 @@ class RemoteRunner:
             return
         remote = [i for i, r in enumerate(envelope.recipients) if not r.local]
         state = self._states.load(msgid, remote)  # small, or absent (the common case)
+        if state.held:
+            # On hold (maybe since before a restart): parked until released, not rescheduled.
+            self._parked.add(msgid)
+            self._forced.discard(msgid)
+            return
         if state.unbounced():
             # Failed before a crash that came before the bounce was queued: bounce them now.
             await self._bounce_failed(envelope, message, state, state.unbounced())
@@ -178,7 +198,8 @@ class RemoteRunner:
             # It must wait: give it a file of its own so that journal segments can go.
             await asyncio.to_thread(self._store.keep, msgid)
             await self._maybe_warn(envelope, message, state)
-            self.submit(msgid, state.due())
+            # Flushed while this attempt ran: again at once, else on the schedule.
+            self.submit(msgid, 0.0 if msgid in self._forced else state.due())
         elif fast and not state.written:
             await self._finish_delivered(msgid)
         else:
@@ -271,6 +292,10 @@ class RemoteRunner:
             if not state.first_attempt:
                 state.first_attempt = now
             address = envelope.recipients[i].address
+            if outcome.status != DELIVERED:
+                self.errors.append({"time": now, "msgid": msgid, "recipient": address,
+                                    "status": outcome.status, "reply": outcome.reply,
+                                    "remote": outcome.remote})
             if outcome.status == DELIVERED:
                 r.status = ST_DELIVERED
             elif outcome.status == FAILED:
@@ -312,19 +337,21 @@ class RemoteRunner:
         await asyncio.to_thread(self._states.record_warned, envelope.msgid)
 
     async def _bounce_failed(self, envelope: Envelope, message: bytes, state: MessageState,
-                             idxs: list[int]) -> None:
-        await self._bounce(envelope, message, state, idxs, "failure")
+                             idxs: list[int]) -> str | None:
+        dsn_id = await self._bounce(envelope, message, state, idxs, "failure")
         for i in idxs:
             state.recipients[i].bounced = True
         await asyncio.to_thread(self._states.record_bounced, envelope.msgid, idxs)
+        return dsn_id
 
     async def _bounce(self, envelope: Envelope, message: bytes, state: MessageState,
-                      idxs: list[int], kind: str) -> None:
-        """Queue a DSN about ``idxs`` for the sender, from what their state records."""
+                      idxs: list[int], kind: str) -> str | None:
+        """Queue a DSN about ``idxs`` for the sender, from what their state records.
+        Returns the DSN's message ID (None when none is owed: the null sender)."""
         if not bounce.should_bounce(envelope):
             self._system(f"No bounce for {envelope.msgid}: it has the null sender <>"
                          " (never bounce a bounce)")
-            return
+            return None
         now = time.time()
         statuses = []
         for i in idxs:
@@ -361,6 +388,126 @@ class RemoteRunner:
         else:
             self._system(f"Delay warning {dsn_id} for {envelope.msgid} {reason}")
         self._enqueue_local(dsn_env, data)
+        return dsn_id
+
+    # --- administration (control/service.py) ----------------------------------------------------
+    def tracks(self, msgid: str) -> bool:
+        """Whether this runner has ``msgid`` (waiting, in an attempt, or parked). A queued
+        message it does not track is still with the local runner (Maildir delivery)."""
+        return msgid in self._queued or msgid in self._active or msgid in self._parked
+
+    def is_active(self, msgid: str) -> bool:
+        """Whether a delivery attempt of ``msgid`` is running now."""
+        return msgid in self._active
+
+    def next_due(self, msgid: str) -> float | None:
+        """When ``msgid`` is scheduled (None when it is not waiting in the schedule)."""
+        if msgid not in self._queued:
+            return None
+        return min((when for when, m in self._due if m == msgid), default=None)
+
+    async def wait_idle(self, msgid: str, timeout: float) -> bool:
+        """Wait until no attempt of ``msgid`` runs (at most ``timeout`` s). True when idle."""
+        while msgid in self._active:
+            done = self._attempt_done.setdefault(msgid, asyncio.Event())
+            try:
+                await asyncio.wait_for(done.wait(), timeout)
+            except TimeoutError:
+                return msgid not in self._active
+        return True
+
+    async def hold(self, msgid: str) -> None:
+        """Put ``msgid`` on hold: parked, then durably marked. An attempt in flight finishes;
+        what it leaves pending waits for release."""
+        was_parked = self.park(msgid)  # first: no attempt may start while the mark is written
+        try:
+            await asyncio.to_thread(self._states.record_held, msgid, True)
+        except BaseException:
+            if not was_parked:
+                self._parked.discard(msgid)
+            raise
+        self._forced.discard(msgid)
+        if msgid not in self._active:
+            # Out of the journal into a file of its own: a held message may stay for days, and
+            # it must not keep a journal segment alive. (An attempt in flight does this itself
+            # when it leaves recipients pending; doing it here too would race with it.)
+            await asyncio.to_thread(self._store.keep, msgid)
+
+    async def release(self, msgid: str) -> None:
+        """Take ``msgid`` off hold and try its pending recipients now."""
+        await asyncio.to_thread(self._states.record_held, msgid, False)
+        self._parked.discard(msgid)
+        if msgid not in self._queued and msgid not in self._active:
+            self.submit(msgid, 0.0)
+        self.flush_ids([msgid])
+
+    def flush_ids(self, msgids: list[str]) -> int:
+        """Try these messages now, pending recipients due or not; one in an attempt right
+        after it. Held ones are skipped, and so are those this runner does not have yet (still
+        with the local runner). Returns how many were scheduled."""
+        wanted = {m for m in msgids if m not in self._parked
+                  and (m in self._queued or m in self._active)}
+        if not wanted:
+            return 0
+        self._forced.update(wanted)  # _deliver reschedules a forced message at once
+        self._due = [(0.0 if m in wanted else when, m) for when, m in self._due]
+        heapq.heapify(self._due)
+        self._wakeup.set()
+        return len(wanted)
+
+    def park(self, msgid: str) -> bool:
+        """Keep ``msgid`` from starting an attempt (while it is deleted or bounced). Returns
+        whether it was parked already (on hold)."""
+        was = msgid in self._parked
+        self._parked.add(msgid)
+        return was
+
+    def unpark(self, msgid: str) -> None:
+        """Undo :meth:`park` after a failed delete/bounce, and reschedule it."""
+        self._parked.discard(msgid)
+        self.submit(msgid, 0.0)
+
+    async def delete(self, msgid: str) -> None:
+        """Remove ``msgid`` and its state for good (the caller parked it and waited for any
+        attempt in flight)."""
+        await asyncio.to_thread(self._finish, msgid)
+        self._forget(msgid)
+
+    async def bounce_now(self, msgid: str, diagnostic: str) -> tuple[list[str], str | None]:
+        """Fail every pending remote recipient of ``msgid`` with ``diagnostic``, send the sender
+        one RFC 3464 failure notice, and remove the message. Returns the recipients and the
+        notice's ID (None for the null sender). The caller parked ``msgid`` first."""
+        envelope, message = await asyncio.to_thread(self._store.read, msgid)
+        remote = [i for i, r in enumerate(envelope.recipients) if not r.local]
+        state = self._states.load(msgid, remote)
+        now = time.time()
+        pending = state.pending()
+        for i in pending:
+            r = state.recipients[i]
+            r.status = ST_FAILED
+            # Our own reason, not a remote server's reply: no Remote-MTA in the notice (the
+            # last reply, if any, is quoted as part of the reason).
+            r.reply = diagnostic + (f" (the last attempt got: {r.reply})" if r.reply else "")
+            r.remote = ""
+            r.enhanced = "5.0.0"  # RFC 3463: "other undefined status", permanent
+            r.last_attempt = r.last_attempt or now
+        # Recorded first, as for any failure: a crash before the removal bounces them again
+        # rather than delivering them after the administrator returned them.
+        await asyncio.to_thread(self._states.record_many, msgid,
+                                [(i, state.recipients[i]) for i in pending], durable=True)
+        owed = sorted({*pending, *state.unbounced()})
+        dsn_id = await self._bounce_failed(envelope, message, state, owed) if owed else None
+        await asyncio.to_thread(self._finish, msgid)
+        self._forget(msgid)
+        return [envelope.recipients[i].address for i in pending], dsn_id
+
+    def _forget(self, msgid: str) -> None:
+        self._parked.discard(msgid)
+        self._forced.discard(msgid)
+        if msgid in self._queued:
+            self._queued.discard(msgid)
+            self._due = [(when, m) for when, m in self._due if m != msgid]
+            heapq.heapify(self._due)
 
     def _system(self, text: str) -> None:
         # Addresses here may come from an alias target rather than a checked RCPT, and replies

@@ -3,8 +3,10 @@
 One append-only file per message, ``<data_dir>/queue/state/<msgid>``, one JSON object a line:
 ``{"i": 0, "s": "delivered", "r": "250 2.0.0 Ok: queued as 4F2A1", "t": 1795907320.1, "a": 1}``.
 Replaying the lines gives each recipient's status, attempt count, last reply and next attempt.
-Two more kinds of line: ``{"warned": true}`` (the delay notice went out) and
-``{"bounced": [0, 2]}`` (the failure notice for these recipients is in the queue).
+Three more kinds of line: ``{"warned": true}`` (the delay notice went out),
+``{"bounced": [0, 2]}`` (the failure notice for these recipients is in the queue) and
+``{"held": true}`` / ``{"held": false}`` (an administrator put the message on hold or released
+it, see control/service.py: the last one counts, and it survives a restart).
 
 "Record the outcome before acting on it": a final outcome (delivered or failed) is appended and
 fsynced as soon as the remote server has answered, before anything else happens, so a crash can
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +51,7 @@ class RecipientState:
 class MessageState:
     recipients: dict[int, RecipientState] = field(default_factory=dict)
     warned: bool = False  # the delay warning DSN was sent
+    held: bool = False  # on hold by an administrator: never attempted until released
     first_attempt: float = 0.0
     written: bool = False  # this process appended to the state file (in memory only)
 
@@ -94,6 +98,9 @@ class StateStore:
             if "warned" in rec:
                 state.warned = True
                 continue
+            if "held" in rec:
+                state.held = rec["held"] is True
+                continue
             if "bounced" in rec:
                 for i in rec["bounced"] if isinstance(rec["bounced"], list) else ():
                     if isinstance(i, int) and i in state.recipients:
@@ -133,6 +140,27 @@ class StateStore:
 
     def record_warned(self, msgid: str) -> None:
         self._append(msgid, '{"warned":true}\n', durable=True)
+
+    def record_held(self, msgid: str, held: bool) -> None:
+        # Durable: a hold must survive a crash, or the message would go out after all.
+        line = json.dumps({"held": held, "t": time.time()}, separators=(",", ":"))
+        self._append(msgid, line + "\n", durable=True)
+
+    def events(self, msgid: str) -> list[dict]:
+        """Every record of ``msgid``'s file, in order (for ``queue show``); [] when none."""
+        try:
+            text = (self.folder / msgid).read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+        return out
 
     def record_bounced(self, msgid: str, indexes: Iterable[int]) -> None:
         # Not fsynced: if this line is lost, the only cost is a second copy of the notice.

@@ -203,6 +203,20 @@ class QueueStore:
         nl = data.index(b"\n")
         return Envelope.from_line(data[:nl]), data[nl + 1:]
 
+    def read_start(self, msgid: str, limit: int = 65536) -> tuple[Envelope, bytes]:
+        """The envelope and at most ``limit`` bytes of the message after it (for listing the
+        queue: a large message's body is never read). FileNotFoundError when it is gone."""
+        if msgid in self.journal:
+            try:
+                data = self.journal.read(msgid)
+            except KeyError:  # done meanwhile, by a worker thread
+                raise FileNotFoundError(msgid) from None
+            nl = data.index(b"\n")
+            return Envelope.from_line(data[:nl]), data[nl + 1:nl + 1 + limit]
+        with open(self.msg / msgid, "rb") as f:
+            first = f.readline()
+            return Envelope.from_line(first), f.read(limit)
+
     def remove(self, msgids: list[str]) -> None:
         """These messages need nothing more (worker thread or startup)."""
         in_journal = [m for m in msgids if m in self.journal]

@@ -29,6 +29,7 @@ STATUS_ALIASES: dict[str, frozenset[str]] = {
     "queued": frozenset({"queued"}),
     "incomplete": frozenset({"incomplete"}),
     "no-mail": frozenset({"no-mail"}),
+    "deleted": frozenset({"deleted"}),  # removed by an administrator (mailferry queue delete)
 }
 _TIME_RE = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?$")
 _DATE_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:[ T](\d{1,2}:\d{2}(?::\d{2})?))?$")

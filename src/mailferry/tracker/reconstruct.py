@@ -26,6 +26,7 @@ from mailferry.txlog import format as fmt
 
 Record = dict
 _TERMINAL = frozenset(("delivered", "failed"))
+_REMOVED = frozenset(("deleted", "bounced"))  # queue actions that end a message's story
 _UNDATED_SPLIT = 12 * 3600  # an undated log whose clock jumps back this far has passed midnight
 _HEX = "0123456789ABCDEFabcdef"
 
@@ -92,7 +93,8 @@ class UnreadableLine(ValueError):
 class Message:
     """One message ID's story while it is being assembled."""
 
-    __slots__ = ("bounce", "bounce_of", "deliveries", "emitted", "fates", "inbound", "msgid")
+    __slots__ = ("actions", "bounce", "bounce_of", "deliveries", "emitted", "fates", "inbound",
+                 "msgid")
 
     def __init__(self, msgid: str) -> None:
         self.msgid = msgid
@@ -102,6 +104,7 @@ class Message:
         self.bounce: str | None = None
         self.bounce_of: str | None = None
         self.emitted = False
+        self.actions: list[dict] = []  # queue control: held, released, deleted … (SYSTEM lines)
 
 
 class Reconstructor:
@@ -234,7 +237,10 @@ class Reconstructor:
         if kind != "ip":
             if kind == "system":
                 stats.system += 1
-                self._free_text(body)
+                if body.startswith("Queue: "):
+                    self._queue_action(body, (day, stamp))
+                else:
+                    self._free_text(body)
             else:
                 stats.foreign += 1
             return stamp
@@ -343,7 +349,7 @@ class Reconstructor:
             self._close(key, s, False)
         for m in list(self._msgs.values()):
             if not m.emitted and m.bounce_of is None:
-                self._emit(m, final=False)
+                self._emit(m, final=self._removed(m))
         for m in list(self._msgs.values()):
             if not m.emitted:
                 self._emit(m, final=False)
@@ -470,6 +476,29 @@ class Reconstructor:
                 self._bounce_of.pop(next(iter(self._bounce_of)))
             self._set_bounce(*link)
 
+    def _queue_action(self, text: str, when: When) -> None:
+        """``Queue: MF… held by admin (…)``: part of that message's story when it is being
+        followed (its receipt was seen and its story is not over)."""
+        action = fmt.parse_queue_action(text)
+        if action is None:
+            return  # the count form (a flush of many): no one message's story
+        msgid, what, actor, detail = action
+        m = self._msgs.get(msgid)
+        if m is None or m.emitted:
+            return
+        m.actions.append({"time": records.iso(when), "action": what, "by": actor,
+                          "detail": detail or None})
+        # Not emitted here even when it ends the story (deleted, bounced): a delivery session
+        # of the message may still be open (connections are kept for reuse), and its close
+        # emits the whole story; finish() emits the rest as final.
+        if self.updates:
+            self.emit(self._record(m, final=False))
+
+    @staticmethod
+    def _removed(m: Message) -> bool:
+        """An administrator deleted it, or returned it to the sender: its story is over."""
+        return any(a["action"] in _REMOVED for a in m.actions)
+
     def _changed(self, m: Message) -> None:
         if m.bounce_of is not None:
             original = self._msgs.get(m.bounce_of)
@@ -486,6 +515,8 @@ class Reconstructor:
         a failure delivered too. A message seen only through its deliveries waits (until the end
         of input) unless it is a bounce: its receiving session may still be open."""
         fates = m.fates
+        if self._removed(m):
+            return True
         if m.inbound is not None:
             txn = m.inbound[1]
             for r in txn.rcpts:
@@ -529,7 +560,7 @@ class Reconstructor:
             b = records.message_record(bounce.msgid, bounce.inbound, bounce.deliveries,
                                        bounce.fates, None, final)
         return records.message_record(m.msgid, m.inbound, m.deliveries, m.fates, b, final,
-                                      bounce_of=m.bounce_of)
+                                      bounce_of=m.bounce_of, actions=m.actions)
 
     # -- odds and ends --------------------------------------------------------------------------
     def _peer_kind(self, peer: str) -> str:

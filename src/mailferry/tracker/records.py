@@ -198,7 +198,8 @@ def apply_delivery(fates: dict[str, dict], s: Session, txn: Txn) -> None:
 
 def message_record(msgid: str | None, inbound: tuple[Session, Txn] | None,
                    deliveries: list[tuple[Session, Txn]], fates: dict[str, dict],
-                   bounce: dict | None, final: bool, bounce_of: str | None = None) -> dict:
+                   bounce: dict | None, final: bool, bounce_of: str | None = None,
+                   actions: list[dict] | None = None) -> dict:
     txn = inbound[1] if inbound else None
     received_at = seconds(txn.end) if txn else None
     rcpts: list[dict] = []
@@ -237,6 +238,15 @@ def message_record(msgid: str | None, inbound: tuple[Session, Txn] | None,
         bounce=bounce,
         bounce_of=bounce_of,
     )
+    if actions:
+        # Only when there are any: most messages never meet an administrator, and records
+        # without them keep exactly the documented shape.
+        rec["queue_actions"] = list(actions)
+        done = {a["action"] for a in actions}
+        if "bounced" in done:  # returned to the sender by an administrator: failed, bounced
+            rec["status"] = "failed"
+        elif "deleted" in done:
+            rec["status"] = "deleted"
     return rec
 
 

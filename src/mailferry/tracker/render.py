@@ -75,6 +75,9 @@ def text(record: dict) -> str:
         b = r["bounce"]
         to = ", ".join(x["address"] for x in b["recipients"]) or "?"
         out.append(f"  bounce {b['msgid']} to {to}: {b['status']}")
+    for a in r.get("queue_actions", ()):
+        detail = f": {a['detail']}" if a["detail"] else ""
+        out.append(f"  {_short(a['time'])} {a['action']} by {a['by']}{detail}")
     return "\n".join(out)
 
 

@@ -312,6 +312,20 @@ def next_retry(when: str) -> str:
     return f"Next retry at {when}"
 
 
+# Queue control (``mailferry queue …``, control/service.py): one SYSTEM line per operation.
+QUEUE_ACTIONS = ("held", "released", "flushed", "deleted", "bounced")
+
+
+def queue_action(msgid: str, action: str, actor: str, detail: str = "") -> str:
+    """``Queue: MF… held by admin (control socket, uid 1000)`` (``: detail`` when given)."""
+    return f"Queue: {msgid} {action} by {actor}" + (f": {detail}" if detail else "")
+
+
+def queue_bulk(count: int, action: str, actor: str, detail: str = "") -> str:
+    """``Queue: 3 message(s) flushed by admin (…): domain b.test`` (an operation on many)."""
+    return f"Queue: {count} message(s) {action} by {actor}" + (f": {detail}" if detail else "")
+
+
 _DNS_MX_RE = re.compile(r"^DNS query MX (?P<domain>\S+?)(?P<failed> failed)?: (?P<rest>.*)$")
 _MX_HOST_RE = re.compile(r"(?P<host>[^\s,()]+)(?: \((?P<pref>\d+)\))?")
 _CONNECTING_RE = re.compile(
@@ -321,6 +335,9 @@ _BOUNCE_RE = re.compile(
     r"(?i)\b(?:bounce|dsn|non-delivery report)\b\D{0,40}?\b(?P<bounce>[A-Z0-9]{6,})\b"
     r".*?\b(?:for|of|about)\b\s+(?:message\s+)?(?P<original>[A-Z0-9]{6,})\b")
 _RETRY_RE = re.compile(r"(?i)\bnext (?:retry|attempt|try)\b(?: (?:at|in|after))?:? (?P<when>.+)$")
+_QUEUE_RE = re.compile(
+    r"^Queue: (?P<msgid>[A-Za-z0-9]{6,}) (?P<action>" + "|".join(QUEUE_ACTIONS) +
+    r") by (?P<actor>.+?)(?:: (?P<detail>.*))?$")
 _AUTH_USER_RE = re.compile(r"(?i)\bauthenticated(?: as| user)?:? <?(?P<user>[^\s<>]+)>?")
 
 
@@ -359,3 +376,10 @@ def parse_next_retry(text: str) -> str | None:
 def parse_auth_user(text: str) -> str | None:
     m = _AUTH_USER_RE.search(text)
     return m["user"] if m else None
+
+
+def parse_queue_action(text: str) -> tuple[str, str, str, str] | None:
+    """``Queue: MF… held by admin (…)`` → ``(msgid, "held", "admin (…)", detail)``; None for
+    other text (and for the count form of :func:`queue_bulk`)."""
+    m = _QUEUE_RE.match(text)
+    return (m["msgid"], m["action"], m["actor"], m["detail"] or "") if m else None
