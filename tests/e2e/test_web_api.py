@@ -167,7 +167,7 @@ def test_live_session_is_active(client: httpx.Client, scene: Scene) -> None:
     assert done[0]["state"] == "success"
 
 
-def test_posts_need_the_csrf_token_and_our_origin(client: httpx.Client) -> None:
+def test_posts_need_the_csrf_token_and_our_origin(client: httpx.Client, scene: Scene) -> None:
     assert client.post("/api/queue/flush").status_code == 403
     token = _get(client, "/api/whoami")["csrf_token"]
     headers = {"X-CSRF-Token": token}
@@ -178,10 +178,11 @@ def test_posts_need_the_csrf_token_and_our_origin(client: httpx.Client) -> None:
     # A token is bound to its session cookie: another client's cookie does not fit.
     with httpx.Client(base_url=str(client.base_url)) as other:
         assert other.post("/api/queue/flush", headers=headers).status_code == 403
-    # Right token, own origin: it reaches the queue (no control service in this server: 503).
+    # Right token, own origin: the queue is flushed.
     own = client.post("/api/queue/flush", headers={**headers,
                                                    "Origin": str(client.base_url).rstrip("/")})
-    assert own.status_code == 503
+    assert own.status_code == 200 and own.json() == {"ok": True, "message": "flushed the queue"}
+    scene.daemon.wait_line("message(s) flushed by local user (web UI, 127.0.0.1)")
 
 
 def test_loopback_server_refuses_other_host_names(client: httpx.Client) -> None:
@@ -220,3 +221,34 @@ def test_http_port_in_the_banner_and_off_by_config(tmp_path: Path, scene: Scene)
     with off:
         banner = off.proc.stdout.read1(4096).decode()
     assert "web UI and API   (off)" in banner
+
+
+def test_queue_list_hold_release(client: httpx.Client, scene: Scene) -> None:
+    token = _get(client, "/api/whoami")["csrf_token"]
+    post = {"headers": {"X-CSRF-Token": token}}
+    msgid = scene.deferred_msgid
+    [item] = [i for i in _get(client, "/api/queue")["items"] if i["id"] == msgid]
+    assert item["state"] == "deferred" and item["sender"] == "bob@example.test"
+    assert "451 4.7.1" in item["last_error"]
+    assert [r["address"] for r in item["recipients"]] == ["slow@c.test"]
+    r = client.post(f"/api/queue/{msgid}/hold", **post)
+    assert r.status_code == 200 and r.json()["ok"]
+    assert _get(client, f"/api/queue/{msgid}")["state"] == "held"
+    again = client.post(f"/api/queue/{msgid}/hold", **post)
+    assert again.status_code == 409 and "already on hold" in again.json()["detail"]
+    # The hold is part of the message's story, with who did it.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        events = _get(client, f"/api/messages/{msgid}")["timeline"]
+        if any(e["kind"] == "queue" for e in events):
+            break
+        time.sleep(0.2)
+    held = next(e for e in events if e["kind"] == "queue")
+    assert held["status"] == "held" and "local user (web UI, 127.0.0.1)" in held["title"]
+    r = client.post(f"/api/queue/{msgid}/release", **post)
+    assert r.status_code == 200
+    detail = _get(client, f"/api/queue/{msgid}")
+    assert detail["state"] != "held" and "Subject" in str(detail["headers"])
+    missing = client.post("/api/queue/MFNOSUCH0000/hold", **post)
+    assert missing.status_code == 404 and "no message" in missing.json()["detail"]
+    assert client.get("/api/queue/MFNOSUCH0000").status_code == 404

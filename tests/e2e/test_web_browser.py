@@ -7,6 +7,7 @@ delivery timeline, the report. Screenshots of each step are saved as test artifa
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
 
 
 @pytest.fixture(scope="module")
-def browser():  # noqa: ANN201 - playwright's Browser
+def browser():
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} not found: the browser tests need Debian's chromium "
                     "(apt-get install chromium; scripts/setup.sh installs it)")
@@ -45,7 +46,7 @@ def browser():  # noqa: ANN201 - playwright's Browser
 
 
 @pytest.fixture
-def page(browser, scene: Scene):  # noqa: ANN001, ANN201
+def page(browser, scene: Scene):
     context = browser.new_context(base_url=scene.daemon.http_url.rstrip("/"),
                                   viewport={"width": 1400, "height": 900})
     pg = context.new_page()
@@ -57,14 +58,14 @@ def page(browser, scene: Scene):  # noqa: ANN001, ANN201
     assert errors == [], errors  # no script errors, no refused resources (CSP)
 
 
-def shot(page, name: str) -> Path:  # noqa: ANN001
+def shot(page, name: str) -> Path:
     path = artifacts() / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 1000
     return path
 
 
-def test_sessions_then_one_session_log(page, scene: Scene) -> None:  # noqa: ANN001
+def test_sessions_then_one_session_log(page, scene: Scene) -> None:
     fresh = send(scene.daemon, "bob@example.test", ["alice@example.test"], "seen in a browser",
                  helo="browser-test.example")
     page.goto("/sessions")
@@ -91,7 +92,7 @@ def test_sessions_then_one_session_log(page, scene: Scene) -> None:  # noqa: ANN
     shot(page, "02-session-log")
 
 
-def test_search_a_message_and_see_its_timeline(page, scene: Scene) -> None:  # noqa: ANN001
+def test_search_a_message_and_see_its_timeline(page, scene: Scene) -> None:
     page.goto("/messages")
     page.fill("input[name=rcpt]", "nobody@c.test")
     page.click("#search button[type=submit]")
@@ -120,10 +121,41 @@ def test_search_a_message_and_see_its_timeline(page, scene: Scene) -> None:  # n
     shot(page, "05-delivery-session")
 
 
-def test_report_with_charts(page) -> None:  # noqa: ANN001
+def test_report_with_charts(page) -> None:
     page.goto("/report")
     assert int(page.locator("#totals .card .big").first.inner_text()) >= 2
     bars = page.locator("#traffic-chart svg rect")
     assert bars.count() >= 3
     assert page.locator("#delay-chart svg rect").count() >= 1
     shot(page, "06-report")
+
+
+def test_hold_and_release_a_queued_message(page, scene: Scene) -> None:
+    msgid = scene.deferred_msgid
+    page.goto("/queue")
+    row = page.locator(f"#queue tr[data-msgid='{msgid}']")
+    assert row.locator(".status").inner_text() == "deferred"
+    assert "451 4.7.1" in row.inner_text() and "slow@c.test" in row.inner_text()
+    shot(page, "07-queue")
+    row.locator("button.act-hold").click()
+    page.wait_for_url("**/queue?done=*")
+    assert page.locator("#done").inner_text() == f"Done — hold: {msgid}"
+    row = page.locator(f"#queue tr[data-msgid='{msgid}']")
+    assert row.locator(".status").inner_text() == "held"
+    assert row.locator("button.act-release").count() == 1
+    assert row.locator("button.act-hold").count() == 0
+    shot(page, "08-queue-held")
+    row.locator("button.act-release").click()
+    page.wait_for_url("**/queue?done=*")
+    row = page.locator(f"#queue tr[data-msgid='{msgid}']")
+    assert row.locator(".status").inner_text() in ("deferred", "active")
+    shot(page, "09-queue-released")
+    # The message's page tells who held and released it.
+    deadline = time.monotonic() + 10
+    actions: list[str] = []
+    while len(actions) < 2 and time.monotonic() < deadline:  # the log is flushed every 0.5 s
+        page.goto(f"/messages/{msgid}")
+        actions = page.locator("#timeline li.kind-queue").all_inner_texts()
+    assert any("held by local user (web UI" in a for a in actions)
+    assert any("released by local user (web UI" in a for a in actions)
+    shot(page, "10-message-queue-actions")

@@ -65,9 +65,5 @@ def test_api_conforms_and_never_fails(case, http: requests.Session, scene: Scene
     checks = [response_schema_conformance, status_code_conformance, content_type_conformance]
     response = case.call_and_validate(base_url=scene.daemon.http_url.rstrip("/"),
                                       session=http, checks=checks)
-    queue_op = case.operation.path.startswith("/api/queue")
-    if queue_op and response.status_code == 503:
-        # This server has no queue control service: the documented 503, nothing broke.
-        assert response.json()["detail"].startswith("queue control is not available")
-    else:  # schemathesis' not_a_server_error, with that one documented exception
-        assert response.status_code < 500, (case.operation.path, response.text[:500])
+    # schemathesis' not_a_server_error, said plainly
+    assert response.status_code < 500, (case.operation.path, response.text[:500])

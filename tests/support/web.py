@@ -1,6 +1,6 @@
 """A mail scene for the web UI tests: a real daemon with its HTTP server, a foreign peer as the
 smart host, and messages whose stories the UI must tell (local delivery, a remote delivery,
-a remote 550 and the bounce it causes).
+a remote 550 and the bounce it causes, a remote 451 that keeps a message in the queue).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class Scene:
     peer: Peer
     local_msgid: str  # bob → alice, delivered to alice's mailbox
     relayed_msgid: str  # alice → carol@c.test (delivered) and nobody@c.test (550 → bounce)
+    deferred_msgid: str  # bob → slow@c.test: 451, waits in the queue for its next attempt
 
 
 def send(daemon: Daemon, sender: str, rcpts: list[str], subject: str,
@@ -44,13 +45,12 @@ def send(daemon: Daemon, sender: str, rcpts: list[str], subject: str,
 @contextmanager
 def mail_scene(root: Path, **overrides: dict[str, object]) -> Iterator[Scene]:
     port = free_port(PEER_HOST)
-    peer = Peer(PEER_HOST, port, rcpt_reply=lambda a, _n: (
-        "550 5.1.1 <nobody@c.test>: Recipient address rejected: User unknown"
-        if a.startswith("nobody") else "250 2.1.5 OK"))
+    peer = Peer(PEER_HOST, port, rcpt_reply=_peer_reply)
     sections: dict[str, dict[str, object]] = {
         "relay": {"host": f"{PEER_HOST}:{port}"},
         "delivery": {"connect_timeout": 3, "command_timeout": 10},
-        "queue": {"retry_schedule": [1, 1], "retry_every": 1, "delay_warning": 0},
+        # Long enough that the deferred message sits still in the queue during a test.
+        "queue": {"retry_schedule": [900], "retry_every": 900, "delay_warning": 0},
     }
     for section, keys in overrides.items():
         sections.setdefault(section, {}).update(keys)
@@ -61,13 +61,23 @@ def mail_scene(root: Path, **overrides: dict[str, object]) -> Iterator[Scene]:
         local = send(daemon, "bob@example.test", ["alice@example.test"], "hello alice")
         relayed = send(daemon, "alice@example.test", ["carol@c.test", "nobody@c.test"],
                        "half fails")
+        deferred = send(daemon, "bob@example.test", ["slow@c.test"], "greylisted")
         daemon.wait_line("Bounce", f"for {relayed}", timeout=20)
         daemon.wait_messages("alice@example.test", 2)  # bob's message and the bounce
+        daemon.wait_line(f"DEFERRED {deferred}", timeout=20)
         deadline = time.monotonic() + 10
-        while daemon.queued() and time.monotonic() < deadline:
+        while daemon.queued() != [deferred] and time.monotonic() < deadline:
             time.sleep(0.05)
         wait_all_closed(daemon)
-        yield Scene(daemon, peer, local, relayed)
+        yield Scene(daemon, peer, local, relayed, deferred)
+
+
+def _peer_reply(address: str, _count: int) -> str:
+    if address.startswith("nobody"):
+        return "550 5.1.1 <nobody@c.test>: Recipient address rejected: User unknown"
+    if address.startswith("slow"):
+        return "451 4.7.1 <slow@c.test>: Greylisted, try again later"
+    return "250 2.1.5 OK"
 
 
 _OPENED = re.compile(r"^\S+\s+\[\w{4}\] \d\d:\d\d:\d\d Connected", re.M)

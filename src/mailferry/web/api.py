@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Query, Request
 
+from mailferry.control.service import ControlError
 from mailferry.tracker.query import Query as TraceQuery
 from mailferry.tracker.query import QueryError
 from mailferry.web import models
@@ -18,7 +19,7 @@ from mailferry.web.auth import CSRF_HEADER
 from mailferry.web.data import Data
 from mailferry.web.services import QueueControl
 
-ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+ID_PATTERN = r"^[A-Za-z0-9]{1,64}$"  # as control/service.py checks
 LOG_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,100}$"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -28,6 +29,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": models.Error}}
 _QUEUE_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": models.Error, "description": "a request the queue cannot act on"},
     404: {"model": models.Error, "description": "no such message in the queue"},
     409: {"model": models.Error, "description": "the queue refused the action"},
     503: {"model": models.Error, "description": "queue control is not available"},
@@ -142,51 +144,60 @@ async def list_queue(queue: QueueDep) -> models.QueueList:
     return models.QueueList(items=[models.QueueItem(**item) for item in await queue.list()])
 
 
-@router.get("/queue/{msgid}", response_model=models.QueueItem, responses=_QUEUE_ERRORS)
+@router.get("/queue/{msgid}", response_model=models.QueueDetail, responses=_QUEUE_ERRORS)
 async def show_queued(queue: QueueDep, msgid: Annotated[str, Path(pattern=ID_PATTERN)]
-                      ) -> models.QueueItem:
-    """One queued message, with its headers and history."""
-    return models.QueueItem(**await queue_call(queue.show, msgid))
+                      ) -> models.QueueDetail:
+    """One queued message, with its headers, its delivery history and its story in the log."""
+    return models.QueueDetail(**await queue_call(queue.show, msgid))
 
 
 @router.post("/queue/flush", response_model=models.ActionResult, responses=_QUEUE_ERRORS,
              dependencies=[Depends(require_csrf)])
-async def flush_queue(queue: QueueDep,
+async def flush_queue(request: Request, queue: QueueDep,
                       body: Annotated[models.FlushRequest | None, Body()] = None
                       ) -> models.ActionResult:
     """Try deferred messages now: all, one message, or one destination domain."""
     body = body or models.FlushRequest()
-    await queue_call(queue.flush, body.msgid, body.domain)
+    await queue_call(queue.flush, body.msgid, body.domain, actor=actor_of(request))
     what = body.msgid or (f"mail for {body.domain}" if body.domain else "the queue")
     return models.ActionResult(ok=True, message=f"flushed {what}")
 
 
 @router.post("/queue/{msgid}/{action}", response_model=models.ActionResult,
              responses=_QUEUE_ERRORS, dependencies=[Depends(require_csrf)])
-async def queue_action(queue: QueueDep, msgid: Annotated[str, Path(pattern=ID_PATTERN)],
+async def queue_action(request: Request, queue: QueueDep,
+                       msgid: Annotated[str, Path(pattern=ID_PATTERN)],
                        action: Literal["hold", "release", "delete", "bounce", "flush"]
                        ) -> models.ActionResult:
     """Hold, release, delete, bounce or flush one queued message."""
-    await do_action(queue, msgid, action)
+    await do_action(queue, msgid, action, actor_of(request))
     return models.ActionResult(ok=True, message=f"{action}: {msgid}")
 
 
-async def do_action(queue: QueueControl, msgid: str, action: str) -> None:
+async def do_action(queue: QueueControl, msgid: str, action: str, actor: str) -> None:
     if action == "flush":
-        await queue_call(queue.flush, msgid, None)
+        await queue_call(queue.flush, msgid, None, actor=actor)
     else:
-        await queue_call(getattr(queue, action), msgid)
+        await queue_call(getattr(queue, action), msgid, actor=actor)
 
 
-async def queue_call(fn: Any, *args: Any) -> Any:
-    """Call the queue service; its refusals become 404 (unknown ID) or 409, never a 500."""
+def actor_of(request: Request) -> str:
+    """Who did it, for the SYSTEM line the queue writes: ``admin@… (web UI, 192.0.2.7)``."""
+    client = request.client.host if request.client else "?"
+    return f"{request.state.user or 'local user'} (web UI, {client})"
+
+
+async def queue_call(fn: Any, *args: Any, **kw: Any) -> Any:
+    """Call the queue service; its refusals become 404 (no such message), 400 (a request that
+    cannot be right) or 409 (refused in this state), never a 500."""
     try:
-        return await fn(*args)
-    except Exception as e:  # the service raises ControlError(message); we cannot import it
-        if type(e).__name__ != "ControlError" and not isinstance(e, (KeyError, LookupError)):
-            raise
-        message = str(e.args[0]) if e.args else type(e).__name__
-        low = message.lower()
-        unknown = isinstance(e, LookupError) or any(
-            w in low for w in ("no such", "not found", "unknown", "not in the queue"))
-        raise HTTPException(404 if unknown else 409, message) from None
+        return await fn(*args, **kw)
+    except ControlError as e:
+        message = str(e)
+        if message.startswith(("no message ", "not a message ID")) or "left the queue" in message:
+            status = 404
+        elif message.startswith(("give a message ID", "not a domain")):
+            status = 400
+        else:
+            status = 409
+        raise HTTPException(status, message) from None

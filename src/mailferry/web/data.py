@@ -200,6 +200,11 @@ def timeline(rec: dict) -> list[models.TimelineEvent]:
             title="delivered to the local mailbox of " + ", ".join(x["address"] for x in local),
             replies=[], session_id=None))
     events += _deliveries(rec, "delivery")
+    for a in rec.get("queue_actions", ()):  # hold, release, delete … by an administrator
+        events.append(models.TimelineEvent(
+            time=a["time"], kind="queue", status=a["action"],
+            title=f"{a['action']} by {a['by']}", replies=[a["detail"]] if a["detail"] else [],
+            session_id=None))
     b = rec["bounce"]
     if b:
         to = ", ".join(x["address"] for x in b["recipients"]) or "?"

@@ -85,7 +85,7 @@ class RecipientState(BaseModel):
 
 class TimelineEvent(BaseModel):
     time: str | None
-    kind: Literal["received", "delivery", "bounce", "bounce-delivery"]
+    kind: Literal["received", "delivery", "bounce", "bounce-delivery", "queue"]
     status: str
     title: str
     replies: list[str]
@@ -152,6 +152,14 @@ class QueueItem(BaseModel):
     recipients: list[QueueRecipient] = []
 
 
+class QueueDetail(QueueItem):
+    envelope: dict[str, Any] | None = None
+    headers: Any = None
+    history: list[dict[str, Any]] = []
+    log_record: dict[str, Any] | None = Field(default=None, description="its tracker record")
+    trace: str | None = Field(default=None, description="`mailferry trace --explain` text")
+
+
 class QueueList(BaseModel):
     items: list[QueueItem]
 
@@ -162,7 +170,7 @@ class ActionResult(BaseModel):
 
 
 class FlushRequest(BaseModel):
-    msgid: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    msgid: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]{1,64}$")
     domain: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.-]{1,253}$")
 
 

@@ -6,6 +6,7 @@ so a reload never repeats an action) and login/logout.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -18,6 +19,29 @@ from mailferry.web import api, charts
 from mailferry.web.auth import CSRF_FIELD, Auth
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+
+def _epoch(value: object) -> str:
+    """A Unix time from the queue → local ``YYYY-MM-DD HH:MM:SS``; anything else as it is."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S")
+        except (OverflowError, OSError, ValueError):
+            return str(value)
+    return "" if value is None else str(value)
+
+
+def _age(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return ""
+    s = int(seconds)
+    if s < 120:
+        return f"{s} s"
+    return f"{s // 60} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+templates.env.filters["epoch"] = _epoch
+templates.env.filters["age"] = _age
 router = APIRouter(include_in_schema=False)
 
 _STATUSES = ["delivered", "deferred", "failed", "rejected", "aborted", "queued", "incomplete"]
@@ -115,7 +139,7 @@ async def queue_flush_form(request: Request,
                            csrf_token: Annotated[str, Form()] = "") -> Response:
     _check_csrf(request, csrf_token)
     queue = api.get_queue(request)
-    await api.queue_call(queue.flush, None, None)
+    await api.queue_call(queue.flush, None, None, actor=api.actor_of(request))
     return RedirectResponse("/queue?done=" + quote("flushed the queue"), 303)
 
 
@@ -126,7 +150,7 @@ async def queue_action_form(request: Request, msgid: str, action: str,
     if action not in ("hold", "release", "delete", "bounce", "flush"):
         raise HTTPException(404, f"no action {action}")
     queue = api.get_queue(request)
-    await api.do_action(queue, msgid, action)
+    await api.do_action(queue, msgid, action, api.actor_of(request))
     return RedirectResponse("/queue?done=" + quote(f"{action}: {msgid}"), 303)
 
 
