@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Security
+from fastapi.security import APIKeyHeader
 
 from mailferry.control.service import ControlError
 from mailferry.tracker.query import Query as TraceQuery
@@ -49,8 +50,14 @@ def get_queue(request: Request) -> QueueControl:
     return queue
 
 
+# Described as an API key in the OpenAPI document: a header every POST carries, not a
+# parameter of the operation.
+_csrf_header = APIKeyHeader(name=CSRF_HEADER, auto_error=False, scheme_name="csrf",
+                            description="the csrf_token of GET /api/whoami (with its cookie)")
+
+
 def require_csrf(request: Request,
-                 x_csrf_token: Annotated[str | None, Header(alias=CSRF_HEADER)] = None) -> None:
+                 x_csrf_token: Annotated[str | None, Security(_csrf_header)] = None) -> None:
     auth = request.app.state.auth
     if not auth.csrf_ok(request.state.web_session, x_csrf_token):
         raise HTTPException(403, f"missing or wrong {CSRF_HEADER} (GET /api/whoami gives it)")
