@@ -223,6 +223,29 @@ def test_http_port_in_the_banner_and_off_by_config(tmp_path: Path, scene: Scene)
     assert "web UI and API   (off)" in banner
 
 
+def test_busy_http_port_is_an_error_and_sigterm_stops_cleanly(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from tests.support.daemon import Daemon
+
+    first = Daemon(tmp_path / "first", http=True)
+    with first:
+        second = Daemon(tmp_path / "second", http=True)
+        # The same HTTP port as the first one's: the second must say so and stop.
+        second.config.write_text(second.config.read_text().replace(
+            f"127.0.0.1:{second.http_port}", f"127.0.0.1:{first.http_port}"))
+        done = subprocess.run([sys.executable, "-m", "mailferry.cli", "serve", "--config",
+                               str(second.config)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{first.http_port} (http)" in done.stderr
+        assert "Traceback" not in done.stderr
+        with socket.create_connection((first.host, first.http_port), timeout=5):
+            pass  # the first one still serves
+    assert first.proc is not None and first.proc.returncode == 0
+
+
 def test_queue_list_hold_release(client: httpx.Client, scene: Scene) -> None:
     token = _get(client, "/api/whoami")["csrf_token"]
     post = {"headers": {"X-CSRF-Token": token}}

@@ -19,6 +19,11 @@ from fastapi import FastAPI
 log = logging.getLogger("mailferry.http")
 
 
+# Uvicorn's own lines ("Started server process", "Waiting for connections to close") say
+# nothing the daemon's banner does not; its warnings and errors still go to the log.
+logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+
+
 class _EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
