@@ -44,15 +44,26 @@ class Data:
     # -- sessions --------------------------------------------------------------------------------
     def sessions(self, kind: str | None = None, state: str | None = None, peer: str | None = None,
                  limit: int = 200) -> models.SessionList:
-        rows = [self._open_row(sess, ids, n) for sess, ids, n in self.index.open_sessions()]
-        rows.reverse()
-        rows += [self._row(e) for e in reversed(self.index.sessions.values())]
-        rows = [r for r in rows if (kind is None or r.kind == kind)
-                and (state is None or r.state == state)
-                and (peer is None or (r.peer or "").startswith(peer))]
+        # Up to max_sessions entries: filter and sort on the plain dicts, and build response
+        # models only for the rows shown.
+        live = [(self._open_state(sess), sess, ids, n)
+                for sess, ids, n in self.index.open_sessions()]
+        closed = ((self._state(e), e) for e in self.index.sessions.values())
+
+        def wanted(st: str, sess: dict) -> bool:
+            return (kind is None or direction_letter(sess) == kind) and \
+                (state is None or st == state) and \
+                (peer is None or (sess["peer"] or "").startswith(peer))
+
+        live = [x for x in live if wanted(x[0], x[1])]
+        done = [(st, e) for st, e in closed if wanted(st, e.session)]
         # Live ones first (yellow at the top), then newest first.
+        live.sort(key=lambda x: (x[0] == "active", x[1]["start"] or ""), reverse=True)
+        done.sort(key=lambda x: x[1].session["start"] or "", reverse=True)
+        rows = [_session_row(sess, st, ids, n, None) for st, sess, ids, n in live[:limit]]
+        rows += [self._row(e, st) for st, e in done[:max(0, limit - len(rows))]]
         rows.sort(key=lambda r: (r.state == "active", r.start or ""), reverse=True)
-        return models.SessionList(sessions=rows[:limit], total=len(rows))
+        return models.SessionList(sessions=rows, total=len(live) + len(done))
 
     def session(self, file: str, line: int) -> models.SessionDetail | None:
         entry = self.index.session(file, line)
@@ -66,16 +77,21 @@ class Data:
         notes = [n["text"] for n in entry.session["notes"]]
         return models.SessionDetail(session=row, lines=lines, notes=notes)
 
-    def _row(self, e: SessionEntry) -> models.SessionRow:
-        failed = e.bad or e.record_status in ("rejected", "incomplete")
-        return _session_row(e.session, "failed" if failed else "success", e.msgids,
-                            len(e.msgids), e.record_status)
+    @staticmethod
+    def _state(e: SessionEntry) -> str:
+        return "failed" if e.bad or e.record_status in ("rejected", "incomplete") else "success"
 
-    def _open_row(self, sess: dict, msgids: list[str], transactions: int) -> models.SessionRow:
+    def _open_state(self, sess: dict) -> str:
         live = self.session_live
         # Open in the log but not in this process: the server stopped (or crashed) meanwhile.
-        state = "active" if live is None or live(sess["sid"] or "") else "failed"
-        return _session_row(sess, state, msgids, transactions, None)
+        return "active" if live is None or live(sess["sid"] or "") else "failed"
+
+    def _row(self, e: SessionEntry, state: str | None = None) -> models.SessionRow:
+        return _session_row(e.session, state or self._state(e), e.msgids, len(e.msgids),
+                            e.record_status)
+
+    def _open_row(self, sess: dict, msgids: list[str], transactions: int) -> models.SessionRow:
+        return _session_row(sess, self._open_state(sess), msgids, transactions, None)
 
     # -- messages --------------------------------------------------------------------------------
     def messages(self, query: Query, limit: int = 200) -> models.MessageList:
