@@ -275,3 +275,21 @@ def test_queue_list_hold_release(client: httpx.Client, scene: Scene) -> None:
     missing = client.post("/api/queue/MFNOSUCH0000/hold", **post)
     assert missing.status_code == 404 and "no message" in missing.json()["detail"]
     assert client.get("/api/queue/MFNOSUCH0000").status_code == 404
+
+
+def test_admins_on_loopback_mean_logins(tmp_path: Path) -> None:
+    """A reverse proxy on this machine reaches loopback too: naming admins asks for logins."""
+    from tests.support.daemon import Daemon
+
+    d = Daemon(tmp_path / "admins", http=True,
+               overrides={"http": {"admins": ["admin@example.test"]}})
+    d.cli("user", "add", "admin@example.test", "--password", "pass word 1")
+    with d, httpx.Client(base_url=d.http_url, timeout=10) as c:
+        assert c.get("/api/sessions").status_code == 401
+        assert c.get("/sessions").status_code == 303
+        assert c.get("/api/sessions", auth=("admin@example.test", "pass word 1")).status_code \
+            == 200
+        # With logins, the Host check against DNS rebinding is not needed (nor done).
+        r = c.get("/api/whoami", auth=("admin@example.test", "pass word 1"),
+                  headers={"Host": "mail.example.test"})
+        assert r.status_code == 200 and r.json()["user"] == "admin@example.test"

@@ -42,6 +42,8 @@ def test_cookie_expires_and_follows_the_admin_list() -> None:
     assert auth.read_cookie(auth.cookie_value(stranger)) is None
     assert Auth(HttpConfig(), None).login_required is False
     assert auth.login_required is True
+    # Admins named on loopback: logins too (a proxy on this machine reaches loopback).
+    assert Auth(HttpConfig(admins=("admin@example.test",)), None).login_required is True
 
 
 @given(st.text(max_size=300))
@@ -61,7 +63,8 @@ def test_csrf_token_is_bound_to_the_session() -> None:
     ("http://127.0.0.1:8025", None, True),
     ("http://127.0.0.1:8025", "http://evil.example/", True),  # Origin decides
     ("http://evil.example", "http://127.0.0.1:8025/queue", False),
-    ("https://127.0.0.1:8025", None, False),  # another scheme is another origin
+    ("https://127.0.0.1:8025", None, True),  # a TLS proxy in front: the browser says https
+    ("ftp://127.0.0.1:8025", None, False),
     ("http://127.0.0.1:8026", None, False),
     ("null", None, False),
     (None, "http://127.0.0.1:8025/queue", True),
@@ -69,7 +72,7 @@ def test_csrf_token_is_bound_to_the_session() -> None:
     (None, None, True),  # curl: no browser, the CSRF token is what protects
 ])
 def test_same_origin(origin: str | None, referer: str | None, ok: bool) -> None:
-    assert same_origin(origin, referer, "127.0.0.1:8025", "http") is ok
+    assert same_origin(origin, referer, "127.0.0.1:8025") is ok
 
 
 @pytest.mark.parametrize(("host", "ok"), [
@@ -84,7 +87,7 @@ def test_loopback_host(host: str | None, ok: bool) -> None:
 @given(st.text(max_size=100), st.text(max_size=100))
 def test_host_and_origin_checks_never_raise(host: str, origin: str) -> None:
     loopback_host(host)
-    same_origin(origin, origin, host, "http")
+    same_origin(origin, origin, host)
 
 
 def test_passwords_are_checked_by_the_user_directory(tmp_path: Path) -> None:

@@ -80,8 +80,7 @@ def create_app(services: WebServices) -> FastAPI:
             target = path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/login?next={quote(target)}", 303)
         if request.method not in _SAFE_METHODS and not same_origin(
-                request.headers.get("origin"), request.headers.get("referer"), host,
-                request.url.scheme):
+                request.headers.get("origin"), request.headers.get("referer"), host):
             return _refuse(path, 403, "this request did not come from this server's pages")
         response = await call_next(request)
         if fresh and not any(v.startswith(COOKIE + "=") for v in

@@ -3,10 +3,10 @@
 - Every browser gets a signed session cookie (HttpOnly, SameSite=Strict) holding a random
   nonce and, once logged in, the user. The signing key is random per process: a restart logs
   everyone out, and nothing secret is ever written to disk.
-- A login is required unless the server listens on loopback only (config.py refuses a
-  non-loopback address without ``http.admins``). Admins are mailferry users, checked with the
-  user directory's password check (argon2, in a worker thread). The API and /metrics also take
-  HTTP Basic credentials, for tools.
+- A login is required unless the server listens on loopback only and names no admins
+  (config.py refuses a non-loopback address without ``http.admins``). Admins are mailferry
+  users, checked with the user directory's password check (argon2, in a worker thread). The
+  API and /metrics also take HTTP Basic credentials, for tools.
 - On loopback without login, a request must name a loopback host (``Host: 127.0.0.1:8025``,
   ``localhost``): a page of another site whose name is made to resolve to 127.0.0.1 (DNS
   rebinding) cannot read the UI.
@@ -49,7 +49,9 @@ class WebSession:
 class Auth:
     def __init__(self, http: HttpConfig, checker: PasswordChecker | None) -> None:
         self._key = secrets.token_bytes(32)
-        self.login_required = not http.loopback
+        # Naming admins asks for logins even on loopback: a reverse proxy on this machine
+        # reaches a loopback address too, and would otherwise open the UI to everyone.
+        self.login_required = not http.loopback or bool(http.admins)
         self.admins = frozenset(a.lower() for a in http.admins)
         self._checker = checker
         self._basic_ok: dict[str, float] = {}  # sha256(user:password) → until when
@@ -140,9 +142,11 @@ def loopback_host(host_header: str | None) -> bool:
         return False
 
 
-def same_origin(origin: str | None, referer: str | None, host: str | None, scheme: str) -> bool:
-    """Origin (else Referer), when a browser sent one, must be this server itself. A client
-    that sends neither (curl, a script) passes here: the CSRF token still has to be right."""
+def same_origin(origin: str | None, referer: str | None, host: str | None) -> bool:
+    """Origin (else Referer), when a browser sent one, must name this server's host and port
+    (the Host header). The scheme is not compared: behind a TLS proxy the browser says https
+    and we see http. A client that sends neither (curl, a script) passes here: the CSRF token
+    still has to be right."""
     source = origin if origin and origin != "null" else None
     if source is None and origin == "null":
         return False  # an opaque origin (a sandboxed frame, a data: page): never ours
@@ -154,4 +158,5 @@ def same_origin(origin: str | None, referer: str | None, host: str | None, schem
         parts = urlsplit(source)
     except ValueError:
         return False
-    return bool(host) and parts.scheme == scheme and parts.netloc.lower() == host.lower()
+    return bool(host) and parts.scheme in ("http", "https") and \
+        parts.netloc.lower() == host.lower()
