@@ -129,6 +129,9 @@ local = ["{domain}"]
 [policy]
 sender_domain_check = false
 client_rdns = "off"
+
+[http]
+address = ""  # no web UI: it would only compete for the CPU (and for port 8025)
 """
 
 

@@ -171,6 +171,19 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    # The web UI, JSON API and /metrics. None: no HTTP server. Loopback by default: nothing is
+    # shown beyond this machine unless the admin says so (and then a login is required).
+    address: tuple[str, int] | None = ("127.0.0.1", 8025)
+    admins: tuple[str, ...] = ()  # mailferry users (with a password) who may log in
+    history_days: int = 2  # days of transaction log (today included) the web UI reads
+
+    @property
+    def loopback(self) -> bool:
+        return self.address is not None and ipaddress.ip_address(self.address[0]).is_loopback
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
@@ -185,6 +198,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     source: Path | None = None  # the file it came from; None for the embedded default
 
     @property
@@ -451,6 +465,19 @@ def _listen_address(value: Any) -> tuple[str, int]:
     return _host_port(value, None)
 
 
+def _http_address(value: Any) -> tuple[str, int] | None:
+    """Like a listener's address; "" turns the HTTP server off."""
+    return None if _string(value) == "" else _host_port(value, None)
+
+
+def _admin(value: Any) -> str:
+    text = _string(value)
+    local, at, domain = text.rpartition("@")
+    if not at or not local or not _DOMAIN_RE.fullmatch(domain):
+        raise _Bad(f"{_show(text)} is not a user address, like admin@example.test")
+    return text.lower()
+
+
 def _nameserver(value: Any) -> tuple[str, int]:
     return _host_port(value, 53)
 
@@ -576,6 +603,7 @@ _SECTIONS: dict[str, dict[str, Check]] = {
     "log": {"dir": _path, "flush_interval": _number(zero_ok=False)},
     "tls": {"certificate": _path, "key": _path},
     "auth": {"on_smtp": _boolean, "login_cache_ttl": _number(zero_ok=True)},
+    "http": {"address": _http_address, "admins": _array(_admin), "history_days": _positive_int},
 }
 
 
@@ -667,8 +695,19 @@ class _Loader:
             log=LogConfig(**v["log"]),
             tls=TlsConfig(**tls),
             auth=AuthConfig(**v["auth"]),
+            http=self.http(v["http"]),
             source=source,
         )
+
+    def http(self, values: dict[str, Any]) -> HttpConfig:
+        http = HttpConfig(**values)
+        if http.address is not None and not http.loopback and not http.admins:
+            # Beyond loopback the UI shows everyone's mail and can delete it: never without a
+            # login. Loopback stays open, like Postfix's local tools (see docs/web.md).
+            where = ("http", "address")
+            raise self.error(where, f"{_show_host_port(*http.address)} is not a loopback "
+                             "address: list who may log in with http.admins")
+        return http
 
 
 _TOML_POSITION_RE = re.compile(r"(.*) \(at (?:line (\d+), column (\d+)|end of document)\)", re.S)

@@ -16,6 +16,7 @@ import signal
 import ssl
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from mailferry.config import Config
 from mailferry.control.paths import socket_path
@@ -35,6 +36,9 @@ from mailferry.queue.store import QueueStore
 from mailferry.tls import TlsError, ensure_self_signed, reload, server_context
 from mailferry.txlog.writer import TxLog
 from mailferry.verify.users import Directory
+
+if TYPE_CHECKING:
+    from mailferry.web.server import HttpServer
 
 log = logging.getLogger("mailferry")
 
@@ -125,10 +129,10 @@ async def _main(config: Config, loop_name: str) -> int:
     runner.start()
     remote.start()
     servers = []
-    control = ControlServer(
-        QueueControl(config=config, store=store, states=states, remote=remote, txlog=txlog,
-                     sessions=lambda: ctx.sessions, started_at=started_at),
-        socket_path(data))
+    queue_control = QueueControl(config=config, store=store, states=states, remote=remote,
+                                 txlog=txlog, sessions=lambda: ctx.sessions,
+                                 started_at=started_at)
+    control = ControlServer(queue_control, socket_path(data))
     where = "control socket"
     try:
         for listener in config.listeners:
@@ -148,6 +152,22 @@ async def _main(config: Config, loop_name: str) -> int:
         blocks.close()
         return 1
 
+    try:
+        http = await _start_http(config, directory, ctx, queue=queue_control)
+    except OSError as exc:
+        host, port = config.http.address or ("?", 0)
+        print(f"mailferry: error: cannot listen on {host}:{port} (http): "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        await control.close()
+        for server in servers:
+            server.close()
+        await runner.stop()
+        await remote.stop()
+        store.close()
+        txlog.close()
+        directory.close()
+        return 1
+
     addresses = ", ".join(f"{lc.host}:{lc.port} ({lc.kind})" for lc in config.listeners)
     txlog.system(f"mailferry started: listening on {addresses}; {recovered} queued message(s)"
                  " recovered")
@@ -165,6 +185,7 @@ async def _main(config: Config, loop_name: str) -> int:
         f"  control socket   {control.path} (mailferry queue list, mailferry status)\n"
         f"  mailboxes        {data / 'mail'}/<domain>/<user>/Maildir\n"
         f"  transaction log  {config.log_dir / 'smtp'}/sYYYYMMDD.log\n"
+        f"  web UI and API   {http.url if http else '(off)'}\n"
         f"  config           {config.source or '(embedded default)'}\n"
         f"  event loop       {loop_name}\n"
         "Add a mailbox with: mailferry user add alice@example.test",
@@ -182,6 +203,8 @@ async def _main(config: Config, loop_name: str) -> int:
     await control.close()
     for server in servers:
         server.close()
+    if http is not None:
+        await http.stop()
     for session in list(ctx.sessions):
         session.shutdown()
     with contextlib.suppress(TimeoutError):
@@ -209,3 +232,25 @@ def _listener_lines(config: Config) -> str:
         lines.append(f"  TLS certificate  {config.tls.certificate}"
                      f"{' (self-signed)' if config.tls.self_signed else ''}\n")
     return "".join(lines)
+
+
+async def _start_http(config: Config, directory: Directory, ctx: ServerContext, *,
+                      metrics_registry: object = None, queue: QueueControl | None = None
+                      ) -> HttpServer | None:
+    """The web UI, JSON API and /metrics, when ``[http] address`` is set. Imported here: a
+    server without it never loads FastAPI. ``metrics_registry``: the prometheus_client
+    registry /metrics serves; ``queue``: the queue control service behind the queue page."""
+    if config.http.address is None:
+        return None
+    from mailferry.web.app import create_app
+    from mailferry.web.server import HttpServer, bind, url_of
+    from mailferry.web.services import WebServices
+
+    host, port = config.http.address
+    sock = bind(host, port)
+    services = WebServices.from_config(config, directory=directory, queue=queue,
+                                       metrics_registry=metrics_registry,
+                                       session_live=ctx.sids.in_use)
+    server = HttpServer(create_app(services), sock, url_of(host, port))
+    await server.start()
+    return server

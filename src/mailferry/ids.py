@@ -61,3 +61,10 @@ class SessionIdPool:
 
     def release(self, sid: str) -> None:
         self._open.discard(int(sid, 16))
+
+    def in_use(self, sid: str) -> bool:
+        """Whether a session with this ID is open now (the web UI's live view asks)."""
+        try:
+            return int(sid, 16) in self._open
+        except ValueError:
+            return False

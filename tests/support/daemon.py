@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,21 @@ def wait_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.Pope
         except OSError:
             time.sleep(0.02)
     raise TimeoutError(f"{host}:{port} not accepting connections after {timeout}s")
+
+
+def wait_http(url: str, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
+    """Until ``url`` answers 200 (the daemon starts its HTTP server after the SMTP listeners)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before serving HTTP")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} not answering after {timeout}s")
 
 
 def toml_value(v: object) -> str:
@@ -124,6 +140,7 @@ class Daemon:
     # ports (self.ports[kind]). The first listener is always the "smtp" one on self.port.
     tls: TlsFiles | None = None
     kinds: tuple[str, ...] = ()
+    http: bool = False  # serve the web UI / API on a free loopback port (http_url)
     proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
@@ -133,11 +150,14 @@ class Daemon:
         self.ports = {"smtp": self.port, **{kind: free_port(self.host) for kind in self.kinds}}
         listeners: list[dict[str, object]] = [
             {"address": f"{self.host}:{port}", "kind": kind} for kind, port in self.ports.items()]
+        # Off unless asked for: daemons of parallel tests must not all claim port 8025.
+        self.http_port = free_port(self.host) if self.http else 0
         sections: dict[str, dict[str, object] | list[dict[str, object]]] = {
             "server": {"hostname": self.hostname, "data_dir": "data"},
             "[[listener]]": listeners,
             "domains": {"local": list(self.domains)},
             "policy": {"sender_domain_check": False, "client_rdns": "off"},
+            "http": {"address": f"{self.host}:{self.http_port}" if self.http else ""},
         }
         if self.tls is not None:
             sections["tls"] = {"certificate": str(self.tls.certificate),
@@ -173,7 +193,14 @@ class Daemon:
         )
         for kind, port in self.ports.items():
             wait_port(self.host, port, proc=self.proc, implicit_tls=kind == "smtps")
+        if self.http:
+            wait_http(self.http_url + "api/openapi.json", proc=self.proc)
         return self
+
+    @property
+    def http_url(self) -> str:
+        """``http://127.0.0.1:PORT/`` of the web UI (with ``http=True``)."""
+        return f"http://{self.host}:{self.http_port}/"
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None

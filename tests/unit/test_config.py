@@ -302,6 +302,7 @@ def test_defaults_round_trip_through_a_file() -> None:
     sections["delivery"].pop("tls_ca_file")  # None: no TOML spelling
     sections["dns"] = {"nameservers": [], "timeout": d.dns.timeout}
     sections["tls"] = {}  # no certificate by default (None has no TOML spelling)
+    sections["http"]["address"] = "127.0.0.1:8025"  # a (host, port) tuple in the dataclass
 
     def value(v: object) -> str:
         if isinstance(v, bool):
@@ -322,3 +323,14 @@ def test_defaults_round_trip_through_a_file() -> None:
         source=loaded.source,
     )
     assert loaded == expected
+
+
+def test_http_section() -> None:
+    assert Config().http.address == ("127.0.0.1", 8025) and Config().http.loopback
+    off = _load_text('[http]\naddress = ""\n').http
+    assert off.address is None
+    public = _load_text('[http]\naddress = "[::]:8080"\nadmins = ["Admin@Example.test"]\n'
+                        "history_days = 7\n").http
+    assert public.address == ("::", 8080) and not public.loopback
+    assert public.admins == ("admin@example.test",) and public.history_days == 7
+    assert _load_text('[http]\naddress = "[::1]:8025"\n').http.loopback

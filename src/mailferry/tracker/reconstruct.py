@@ -60,6 +60,7 @@ class Source:
 
     name: str
     day: int | None = None  # date ordinal, None when the name carries no date
+    lines_before: int = 0  # lines of this file read before (a reader that feeds it piecemeal)
 
 
 @dataclass
@@ -151,7 +152,7 @@ class Reconstructor:
         last_stamp = self._last_stamp
         known = " 00:00:00 "  # the last stamp (with its spaces) at column 22 found good
         good = STAMPS.get
-        lineno = 0
+        first = lineno = source.lines_before
         try:
             for raw in lines:
                 lineno += 1
@@ -209,7 +210,7 @@ class Reconstructor:
                         self._set_day(day)
                     last_stamp = stamp
         finally:
-            self.stats.lines += lineno
+            self.stats.lines += lineno - first
             if not dated:
                 self._day = day
                 self._last_stamp = last_stamp
@@ -322,6 +323,25 @@ class Reconstructor:
             if c in ("<", ">", "*"):
                 return True
         return False
+
+    def open_sessions(self) -> list[tuple[Session, list[Txn]]]:
+        """The sessions still open (no Disconnected yet), rebuilt from their lines so far, each
+        with its mail transactions (the last one may be open): what a live view shows. Nothing
+        is changed: each is a fresh Session replaying a copy of the buffered lines."""
+        found = []
+        for key, s in list(self._open.items()):
+            copy = Session(s.peer, s.sid, s.start, s.source, s.lineno, s.off)
+            copy.first, copy.connected = s.first, s.connected
+            copy.lday = s.start[0]
+            copy.replay(list(self._bufs.get(key, ())))
+            found.append((copy, copy.txns + ([copy.txn] if copy.txn is not None else [])))
+        return found
+
+    def bounce_of(self, original: str) -> str | None:
+        """The ID of the bounce logged for ``original`` (``Bounce B for A``), when it is still
+        remembered: a bounce delivered to a local mailbox has no session to tell it."""
+        want = original.upper()
+        return next((b for b, o in reversed(self._bounce_of.items()) if o.upper() == want), None)
 
     def finish(self) -> None:
         """End of input: close what is still open (marked incomplete) and emit every story."""
