@@ -327,3 +327,80 @@ def test_auth_brute_force_is_blocked(tmp_path: Path) -> None:
             c.starttls(context=tls.client_context())
             c.ehlo()
             assert c.login("alice@example.test", "right horse battery")[0] == 235
+
+
+# --- authenticated sessions (submission with real STARTTLS + AUTH) -------------------------------
+
+
+def submitter(tmp_path: Path, protection: dict[str, object]) -> tuple[Daemon, TlsFiles]:
+    """A daemon with a submission listener; nobody is in [relay] networks."""
+    tls = TlsFiles.make(tmp_path / "tls")
+    daemon = Daemon(tmp_path / "d", tls=tls, kinds=("submission",),
+                    overrides={"relay": {"networks": []}, "protection": protection})
+    daemon.add_user("alice@example.test", "right horse battery")
+    daemon.cli("alias", "add", "news@example.test", "alice@example.test")
+    return daemon, tls
+
+
+def logged_in(daemon: Daemon, tls: TlsFiles, source: str, kind: str = "submission"
+              ) -> smtplib.SMTP:
+    c = smtplib.SMTP(daemon.host, daemon.ports[kind], source_address=(source, 0), timeout=20)
+    c.starttls(context=tls.client_context())
+    c.ehlo()
+    c.login("alice@example.test", "right horse battery")
+    return c
+
+
+def send(c: smtplib.SMTP, sender: str) -> int:
+    """One message to alice; the code of MAIL FROM when refused, else of the end of data."""
+    code, _ = c.mail(sender)
+    if code != 250:
+        return code
+    assert c.rcpt("alice@example.test")[0] == 250
+    return c.data(b"Subject: hi\r\n\r\nhello\r\n")[0]
+
+
+def test_messages_per_user_are_limited_with_450_not_blocked(tmp_path: Path) -> None:
+    daemon, tls = submitter(tmp_path, {"max_messages_per_user": 3})
+    with daemon:
+        c = logged_in(daemon, tls, "127.0.0.63")
+        codes = [send(c, "alice@example.test") for _ in range(2)]
+        codes += [send(c, "news@example.test") for _ in range(2)]  # same user, other address
+        assert codes == [250, 250, 250, 450]
+        assert c.noop()[0] == 250  # refused for now; the session goes on
+        c.quit()
+        daemon.wait_line(">>> 450 4.7.1 Too many messages from you, try again later")
+        daemon.wait_line("Message rate limit: user alice@example.test sent 3 messages in 600 s"
+                         " - try again later")
+    assert "Blocked" not in daemon.log_text()
+
+
+def test_messages_per_sender_are_limited_on_submission(tmp_path: Path) -> None:
+    daemon, tls = submitter(tmp_path, {"max_messages_per_sender": 2})
+    with daemon:
+        c = logged_in(daemon, tls, "127.0.0.64")
+        codes = [send(c, "news@example.test") for _ in range(3)]
+        codes.append(send(c, "alice@example.test"))  # counted per sender address
+        assert codes == [250, 250, 450, 250]
+        c.quit()
+        # Port 25 is not limited per sender: it is where other servers deliver to us.
+        plain = smtplib.SMTP(daemon.host, daemon.port, source_address=("127.0.0.66", 0),
+                             timeout=20)
+        plain.ehlo()
+        assert [send(plain, "news@example.test") for _ in range(3)] == [250, 250, 250]
+        plain.quit()
+        daemon.wait_line("Message rate limit: sender news@example.test sent 2 messages in 600 s")
+
+
+def test_authenticated_sessions_are_not_counted_for_rcpt_and_rset(tmp_path: Path) -> None:
+    daemon, tls = submitter(tmp_path, {"max_unknown_recipients": 2, "max_rsets": 2,
+                                       "max_relay_attempts": 2})
+    with daemon:
+        c = logged_in(daemon, tls, "127.0.0.65")
+        for i in range(4):
+            assert c.mail("alice@example.test")[0] == 250
+            assert c.rcpt(f"nobody{i}@example.test")[0] == 550
+            assert c.rset()[0] == 250
+        assert send(c, "alice@example.test") == 250
+        c.quit()
+    assert "Blocked" not in daemon.log_text()
