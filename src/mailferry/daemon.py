@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 
 from mailferry.config import Config
 from mailferry.delivery.outbound import Outbound
@@ -21,6 +22,7 @@ from mailferry.dns.resolver import Resolver
 from mailferry.ids import MessageIdFactory, SessionIdPool
 from mailferry.inbound.listener import ServerContext, start_listener
 from mailferry.inbound.policy import Policy
+from mailferry.metrics import Metrics
 from mailferry.queue.remote import RemoteRunner
 from mailferry.queue.runner import Runner
 from mailferry.queue.state import StateStore
@@ -51,23 +53,30 @@ def serve(config: Config) -> int:
         return 0
 
 
-async def _main(config: Config, loop_name: str) -> int:
+async def _main(config: Config, loop_name: str, *, metrics: Metrics | None = None,
+                stop: asyncio.Event | None = None) -> int:
+    """``metrics`` and ``stop`` (set it to stop, as SIGTERM does) let a test run the daemon in
+    its own event loop and read the metrics of real traffic."""
     data = config.data_dir
     data.mkdir(parents=True, exist_ok=True)
+    if metrics is None:
+        metrics = Metrics(lc.kind for lc in config.listeners)
     txlog = TxLog(config.log_dir, flush_interval=config.log.flush_interval)
     directory = Directory(data / "users.db", config.domains.local)
-    resolver = Resolver(config.dns.nameservers, config.dns.timeout)
+    resolver = Resolver(config.dns.nameservers, config.dns.timeout, metrics=metrics)
     store = QueueStore(data / "queue", commit_window=config.queue.commit_window_ms / 1000)
-    runner = Runner(store, data / "mail", config.server.hostname, txlog)
+    runner = Runner(store, data / "mail", config.server.hostname, txlog, metrics=metrics)
     policy = Policy(config, directory, resolver)
     ids, sids = MessageIdFactory(), SessionIdPool()
     states = StateStore(data / "queue" / "state")
     remote = RemoteRunner(config, store, states,
-                          Outbound(config, txlog, sids, resolver), txlog, ids,
-                          is_local=policy.is_local, enqueue_local=runner.submit)
+                          Outbound(config, txlog, sids, resolver, metrics=metrics), txlog, ids,
+                          is_local=policy.is_local, enqueue_local=runner.submit, metrics=metrics)
     runner.on_remote = remote.submit
     ctx = ServerContext(config=config, txlog=txlog, policy=policy, store=store, runner=runner,
-                        ids=ids, sids=sids)
+                        ids=ids, sids=sids, metrics=metrics)
+    metrics.watch_queue(lambda: _queue_states(runner, remote))
+    metrics.watch_sessions(lambda: [session.listener for session in tuple(ctx.sessions)])
     recovered = runner.recover()
     states.prune(set(store.queued()))
     runner.start()
@@ -106,7 +115,7 @@ async def _main(config: Config, loop_name: str) -> int:
         flush=True,
     )
 
-    stop = asyncio.Event()
+    stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -127,3 +136,10 @@ async def _main(config: Config, loop_name: str) -> int:
     txlog.close()
     directory.close()
     return 0
+
+
+def _queue_states(runner: Runner, remote: RemoteRunner) -> Iterator[tuple[str, str]]:
+    """(message ID, state) of every queued message, for mailferry_queue_messages."""
+    for msgid in runner.queued():
+        yield msgid, "local"
+    yield from remote.queued()

@@ -18,6 +18,7 @@ from mailferry.config import Config, ListenerConfig
 from mailferry.ids import MessageIdFactory, SessionIdPool
 from mailferry.inbound.policy import Policy
 from mailferry.inbound.session import Session
+from mailferry.metrics import Metrics
 from mailferry.queue.runner import Runner
 from mailferry.queue.store import QueueStore
 from mailferry.reply import Reply
@@ -36,6 +37,7 @@ class ServerContext:
     sids: SessionIdPool = field(default_factory=SessionIdPool)
     sessions: set[Session] = field(default_factory=set)
     per_ip: Counter[str] = field(default_factory=Counter)
+    metrics: Metrics | None = None
     _date_second: int = -1
     _date: str = ""
 
@@ -79,7 +81,7 @@ class ServerContext:
 async def start_listener(ctx: ServerContext, listener: ListenerConfig) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: Session(ctx),
+        lambda: Session(ctx, listener.kind),
         host=listener.host,
         port=listener.port,
         backlog=ctx.config.limits.backlog,

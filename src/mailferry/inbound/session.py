@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from mailferry import reply
+from mailferry import metrics, reply
 from mailferry.envelope import Envelope, Recipient
 from mailferry.reply import Reply
 from mailferry.smtp.server import (
@@ -41,8 +41,12 @@ log = logging.getLogger("mailferry.session")
 
 
 class Session(asyncio.Protocol):
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServerContext, listener: str = "smtp") -> None:
         self.ctx = ctx
+        self.listener = listener  # the listener kind, for metrics
+        self._metrics = ctx.metrics
+        self._ended_by: str | None = None  # a metrics outcome: timeout, shutdown, error
+        self._messages = 0  # accepted in this session
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
         self.sid = ""
@@ -95,6 +99,7 @@ class Session(asyncio.Protocol):
             # Mid-DATA disconnect: nothing is queued, the partial spool is thrown away.
             self._spool.discard()
             self._spool = None
+            self._ended_by = self._ended_by or metrics.ERROR
             if self.tx is not None:
                 self.tx.text("Connection lost during DATA; message discarded")
         if self.tx is not None:
@@ -102,6 +107,18 @@ class Session(asyncio.Protocol):
         if self._registered:
             self.ctx.release(self)
         self.ctx.sids.release(self.sid)
+        if self._metrics is not None:
+            self._metrics.session_ended(self.listener, self._outcome(exc))
+
+    def _outcome(self, exc: Exception | None) -> str:
+        """How the session ended, for mailferry_sessions_total (docs/metrics.md)."""
+        if not self._registered:
+            return metrics.REFUSED
+        if self._messages:
+            return metrics.ACCEPTED_MAIL
+        if self._ended_by is not None:
+            return self._ended_by
+        return metrics.ERROR if exc is not None else metrics.NO_MAIL
 
     def _arm_timer(self, seconds: float) -> None:
         """Move the session's deadline. One timer per session is re-armed lazily when it fires
@@ -126,12 +143,14 @@ class Session(asyncio.Protocol):
             return
         assert self.tx is not None
         self.tx.text("Idle timeout")
+        self._ended_by = metrics.TIMEOUT
         self._send(reply.IDLE_TIMEOUT)
         self._close()
 
     def shutdown(self) -> None:
         """Server stopping: tell the client and close (not in the middle of a commit)."""
         if not self._closing and not self._busy:
+            self._ended_by = metrics.SHUTDOWN
             self._send(reply.SHUTTING_DOWN)
             self._close()
 
@@ -213,6 +232,7 @@ class Session(asyncio.Protocol):
 
     def _internal_error(self) -> None:
         log.exception("session %s: internal error", self.sid)
+        self._ended_by = metrics.ERROR
         if self.tx is not None:
             self.tx.text("Internal error; transaction reset (details in the server log)")
         if self.proto is not None:
@@ -320,6 +340,9 @@ class Session(asyncio.Protocol):
         for rcpt, _targets, _fwd in accepted:
             tx.event(fmt.summary(sender, rcpt, count, event.size, duration, "OK", self._msgid))
         self._queue_reply(reply.accepted(event.size, duration, self._msgid))
+        self._messages += 1
+        if self._metrics is not None:
+            self._metrics.message_received(self.listener, event.size)
         ctx.runner.submit(envelope, header + body if body is not None else None)
 
     def _received_header(self, accepted: list[tuple[str, tuple[str, ...], bool]]) -> bytes:
@@ -346,6 +369,8 @@ class Session(asyncio.Protocol):
         assert self.tx is not None
         self.tx.sent(r.lines)
         self._out.append(r.encode())
+        if r.code >= 400 and self._metrics is not None:
+            self._metrics.rejected(r)
 
     def _flush(self) -> None:
         if self._out and self.transport is not None and not self.transport.is_closing():
