@@ -27,9 +27,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.process_collector import ProcessCollector
 
 from mailferry.ids import message_time
 
@@ -141,8 +148,10 @@ class Metrics:
             registry=reg)
         self._state = _StateCollector()
         reg.register(self._state)
-        if process:
-            ProcessCollector(registry=reg)  # process_cpu_seconds_total, memory, open fds, start
+        if process:  # what the default registry would have: process_*, python_gc_*, python_info
+            ProcessCollector(registry=reg)
+            GCCollector(registry=reg)
+            PlatformCollector(registry=reg)
 
         # Label children made once: the hot path does a dict lookup and one inc().
         listeners = tuple(dict.fromkeys((*listeners, "smtp")))

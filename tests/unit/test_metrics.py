@@ -167,8 +167,15 @@ def test_every_metric_is_named_and_documented() -> None:
     assert {"mailferry_sessions", "mailferry_delivery_latency_seconds",
             "process_cpu_seconds"} <= names
     for family in families:
-        assert family.name.startswith(("mailferry_", "process_")), family.name
+        assert family.name.startswith(("mailferry_", "process_", "python_")), family.name
         assert family.documentation, family.name
+
+
+@given(st.integers(min_value=400, max_value=599),
+       st.from_regex(r"\A[45]\.[0-9]{1,3}\.[0-9]{1,3}\Z") | st.just(""))
+def test_any_refusal_gets_a_reason_from_the_fixed_set(code: int, enhanced: str) -> None:
+    reason = rejection_reason(Reply(code, enhanced, "text"))
+    assert reason is None if code == 421 else reason in REJECTION_REASONS
 
 
 @given(st.floats(min_value=1_704_067_200, max_value=2_700_000_000))

@@ -47,7 +47,7 @@ def _refusals(host: str, port: int) -> list[int]:
 
 def test_local_traffic_is_counted_exactly(tmp_path: Path) -> None:
     d = Daemon(tmp_path, overrides={
-        "limits": {"idle_timeout": 1, "sessions_per_ip": 2, "message_size": 100_000},
+        "limits": {"idle_timeout": 3, "sessions_per_ip": 2, "message_size": 100_000},
         "relay": {"networks": ["192.0.2.0/24"]},  # loopback may not relay here
     })
     d.add_user("alice@example.test")
@@ -107,7 +107,40 @@ def test_local_traffic_is_counted_exactly(tmp_path: Path) -> None:
             assert mf.value("mailferry_sessions_total", listener="smtp",
                             outcome="accepted_mail") == 3
 
+            # A client that vanishes in the middle of DATA: an error, and nothing received.
+            await asyncio.to_thread(_vanish_during_data, d.host, d.port)
+            await mf.wait_value("mailferry_sessions_total", 1, listener="smtp", outcome="error")
+            assert mf.value("mailferry_messages_received_total", listener="smtp") == 3
+
+            # A session still open when the server stops is told 421 and counted as shutdown.
+            still_open = await asyncio.to_thread(_connect, d.host, d.port)
+        try:
+            # The daemon has stopped; its Metrics object still answers.
+            await mf.wait_value("mailferry_sessions_total", 1, listener="smtp",
+                                outcome="shutdown")
+            assert mf.value("mailferry_sessions_open", listener="smtp") == 0
+            for outcome, count in (("accepted_mail", 3), ("no_mail", 2), ("refused", 1),
+                                   ("timeout", 2), ("error", 1), ("shutdown", 1)):
+                assert mf.value("mailferry_sessions_total", listener="smtp",
+                                outcome=outcome) == count, outcome
+        finally:
+            still_open.close()
+
     asyncio.run(scenario())
+
+
+def _vanish_during_data(host: str, port: int) -> None:
+    with socket.create_connection((host, port), timeout=10) as sock:
+        f = sock.makefile("rb")
+        f.readline()
+        sock.sendall(b"EHLO client.example.test\r\n")
+        while f.readline()[3:4] == b"-":
+            pass
+        for command in (b"MAIL FROM:<alice@example.test>", b"RCPT TO:<alice@example.test>",
+                        b"DATA"):
+            sock.sendall(command + b"\r\n")
+            assert f.readline()[:1] in (b"2", b"3")
+        sock.sendall(b"Subject: cut short\r\n\r\nhalf a mess")
 
 
 class _Client:
