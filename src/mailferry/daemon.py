@@ -16,6 +16,7 @@ import signal
 import ssl
 import sys
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from mailferry.config import Config
@@ -29,6 +30,7 @@ from mailferry.inbound.blocks import BlockStore
 from mailferry.inbound.guard import Guard
 from mailferry.inbound.listener import ServerContext, start_listener
 from mailferry.inbound.policy import Policy
+from mailferry.metrics import Metrics
 from mailferry.queue.remote import RemoteRunner
 from mailferry.queue.runner import Runner
 from mailferry.queue.state import StateStore
@@ -91,10 +93,15 @@ def _on_hup(config: Config, tls: ssl.SSLContext | None, txlog: TxLog) -> None:
     _reload_tls(config, tls, txlog)
 
 
-async def _main(config: Config, loop_name: str) -> int:
+async def _main(config: Config, loop_name: str, *, metrics: Metrics | None = None,
+                stop: asyncio.Event | None = None) -> int:
+    """``metrics`` and ``stop`` (set it to stop, as SIGTERM does) let a test run the daemon in
+    its own event loop and read the metrics of real traffic."""
     started_at = time.time()
     data = config.data_dir
     data.mkdir(parents=True, exist_ok=True)
+    if metrics is None:
+        metrics = Metrics(lc.kind for lc in config.listeners)
     try:
         # Before anything touches the queue: a second server on the same data directory would
         # recover (and deliver) messages the first one is delivering.
@@ -110,20 +117,22 @@ async def _main(config: Config, loop_name: str) -> int:
     txlog = TxLog(config.log_dir, flush_interval=config.log.flush_interval)
     directory = Directory(data / "users.db", config.domains.local,
                           login_cache_ttl=config.auth.login_cache_ttl)
-    resolver = Resolver(config.dns.nameservers, config.dns.timeout)
+    resolver = Resolver(config.dns.nameservers, config.dns.timeout, metrics=metrics)
     store = QueueStore(data / "queue", commit_window=config.queue.commit_window_ms / 1000)
-    runner = Runner(store, data / "mail", config.server.hostname, txlog)
+    runner = Runner(store, data / "mail", config.server.hostname, txlog, metrics=metrics)
     policy = Policy(config, directory, resolver)
     ids, sids = MessageIdFactory(), SessionIdPool()
     states = StateStore(data / "queue" / "state")
     remote = RemoteRunner(config, store, states,
-                          Outbound(config, txlog, sids, resolver), txlog, ids,
-                          is_local=policy.is_local, enqueue_local=runner.submit)
+                          Outbound(config, txlog, sids, resolver, metrics=metrics), txlog, ids,
+                          is_local=policy.is_local, enqueue_local=runner.submit, metrics=metrics)
     runner.on_remote = remote.submit
     blocks = BlockStore.for_data_dir(data)
     ctx = ServerContext(config=config, txlog=txlog, policy=policy, store=store, runner=runner,
                         guard=Guard(config.protection), blocks=blocks, tls=tls, ids=ids,
-                        sids=sids)
+                        sids=sids, metrics=metrics)
+    metrics.watch_queue(lambda: _queue_states(runner, remote))
+    metrics.watch_sessions(lambda: [session.listener.kind for session in tuple(ctx.sessions)])
     recovered = runner.recover()
     states.prune(set(store.queued()))
     runner.start()
@@ -153,7 +162,8 @@ async def _main(config: Config, loop_name: str) -> int:
         return 1
 
     try:
-        http = await _start_http(config, directory, ctx, queue=queue_control)
+        http = await _start_http(config, directory, ctx, queue=queue_control,
+                                 metrics_registry=metrics.registry)
     except OSError as exc:
         host, port = config.http.address or ("?", 0)
         print(f"mailferry: error: cannot listen on {host}:{port} (http): "
@@ -192,7 +202,7 @@ async def _main(config: Config, loop_name: str) -> int:
         flush=True,
     )
 
-    stop = asyncio.Event()
+    stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -254,3 +264,10 @@ async def _start_http(config: Config, directory: Directory, ctx: ServerContext, 
     server = HttpServer(create_app(services), sock, url_of(host, port))
     await server.start()
     return server
+
+
+def _queue_states(runner: Runner, remote: RemoteRunner) -> Iterator[tuple[str, str]]:
+    """(message ID, state) of every queued message, for mailferry_queue_messages."""
+    for msgid in runner.queued():
+        yield msgid, "local"
+    yield from remote.queued()

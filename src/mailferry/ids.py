@@ -39,6 +39,22 @@ class MessageIdFactory:
         return "MF" + "".join(reversed(digits))
 
 
+_VALUE = {c: i for i, c in enumerate(_ALPHABET)}
+
+
+def message_time(msgid: str) -> float | None:
+    """The second a message ID was made (its arrival), or None when it is not one of ours."""
+    if len(msgid) != 12 or not msgid.startswith("MF"):
+        return None
+    value = 0
+    for c in msgid[2:]:
+        digit = _VALUE.get(c)
+        if digit is None:
+            return None
+        value = value << 5 | digit
+    return float((value >> 20) + _EPOCH)
+
+
 class SessionIdPool:
     """Four-hex-digit session IDs, unique among the sessions open at the same time.
 

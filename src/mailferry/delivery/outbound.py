@@ -21,6 +21,7 @@ import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mailferry.config import Config
 from mailferry.dns import mx
@@ -37,6 +38,9 @@ from mailferry.smtp.client import (
 )
 from mailferry.txlog import format as fmt
 from mailferry.txlog.writer import TxLog
+
+if TYPE_CHECKING:
+    from mailferry.metrics import Metrics
 
 DELIVERED, DEFERRED, FAILED = "delivered", "deferred", "failed"
 _STATUS_WORD = {DELIVERED: "OK", DEFERRED: "DEFERRED", FAILED: "FAILED"}
@@ -115,8 +119,9 @@ class _Log:
 
 class Outbound:
     def __init__(self, config: Config, txlog: TxLog, sids: SessionIdPool,
-                 resolver: Resolver) -> None:
+                 resolver: Resolver, metrics: Metrics | None = None) -> None:
         self._config = config
+        self._metrics = metrics
         self._txlog = txlog
         self._sids = sids
         self._resolver = resolver
@@ -470,18 +475,27 @@ class Outbound:
         try:
             await conn.start_tls(ctx, conn.target.name if verify else None)
         except ssl.SSLCertVerificationError as exc:
+            self._tls_failed()
             conn.log(f"TLS certificate of {conn.remote} did not verify ({exc.verify_message});"
                      " reconnecting for opportunistic TLS without verification (RFC 7435)")
             raise _RetryWithoutVerify from None
         except (ssl.SSLError, OSError) as exc:
+            self._tls_failed()
             raise _HostFailed(f"TLS handshake with {conn.remote} failed: {_reason(exc)}") from None
         ssl_obj = conn.writer.get_extra_info("ssl_object")
         version = ssl_obj.version() if ssl_obj else "?"
         cipher = ssl_obj.cipher()[0] if ssl_obj and ssl_obj.cipher() else "?"
         conn.log(f"{fmt.tls_established(version, cipher)}, certificate "
                  f"{'verified' if verify else 'not verified'}")
+        if self._metrics is not None:
+            self._metrics.tls_session("outbound", version)
         # RFC 3207 §4.2: forget what the server said before TLS and ask again.
         return await self._hello(conn, hostname)
+
+    def _tls_failed(self) -> None:
+        if self._metrics is not None:
+            self._metrics.tls_failure("outbound")
+
 
 class _Conn:
     """The socket side of one client session: send commands, read replies, log both."""

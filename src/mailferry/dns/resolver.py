@@ -21,7 +21,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import dns.asyncresolver
 import dns.exception
@@ -29,6 +29,9 @@ import dns.name
 import dns.nameserver
 import dns.resolver
 import dns.reversename
+
+if TYPE_CHECKING:
+    from mailferry.metrics import Metrics
 
 # The longest wait for one server's answer before asking again (dnspython's own default), so a
 # lost UDP packet costs 2 s, not the whole timeout.
@@ -98,7 +101,9 @@ class Resolver:
     session is waiting on it.
     """
 
-    def __init__(self, nameservers: Sequence[tuple[str, int]] = (), timeout: float = 5.0) -> None:
+    def __init__(self, nameservers: Sequence[tuple[str, int]] = (), timeout: float = 5.0,
+                 metrics: Metrics | None = None) -> None:
+        self._metrics = metrics
         if nameservers:
             # configure=False: /etc/resolv.conf must not add servers or a search list behind the
             # configuration's back.
@@ -121,6 +126,12 @@ class Resolver:
 
     async def _query(self, name: str | dns.name.Name, rdtype: str) -> Answer[Any]:
         """Ask one question; an OK answer carries dnspython's rdata objects as records."""
+        answer = await self._ask(name, rdtype)
+        if self._metrics is not None:
+            self._metrics.dns_lookup(rdtype, answer.status.value)
+        return answer
+
+    async def _ask(self, name: str | dns.name.Name, rdtype: str) -> Answer[Any]:
         try:
             qname = name if isinstance(name, dns.name.Name) else dns.name.from_text(name)
         except (dns.exception.DNSException, UnicodeError) as exc:

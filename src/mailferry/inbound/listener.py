@@ -21,6 +21,7 @@ from mailferry.inbound.blocks import BlockStore
 from mailferry.inbound.guard import Guard
 from mailferry.inbound.policy import Policy
 from mailferry.inbound.session import Session
+from mailferry.metrics import Metrics
 from mailferry.queue.runner import Runner
 from mailferry.queue.store import QueueStore
 from mailferry.reply import Reply
@@ -42,6 +43,7 @@ class ServerContext:
     sids: SessionIdPool = field(default_factory=SessionIdPool)
     sessions: set[Session] = field(default_factory=set)
     per_ip: Counter[str] = field(default_factory=Counter)
+    metrics: Metrics | None = None
     _date_second: int = -1
     _date: str = ""
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
-from mailferry import reply
+from mailferry import metrics, reply
 from mailferry.envelope import Envelope, Recipient
 from mailferry.inbound.guard import Block, Reason, canonical_ip
 from mailferry.reply import Reply
@@ -61,6 +61,9 @@ class Session(asyncio.Protocol):
         self.tls_active = False
         self._tls_info = ""  # "TLSv1.3 with cipher …" for the Received header
         self._lost = False
+        self._metrics = ctx.metrics
+        self._ended_by: str | None = None  # a metrics outcome: timeout, shutdown, error
+        self._messages = 0  # accepted in this session
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
         self.sid = ""
@@ -177,6 +180,8 @@ class Session(asyncio.Protocol):
     def _impose(self, block: Block) -> None:
         """Put a tripped client on the block list (written in the background) and say so."""
         self.ctx.blocks.add(block)
+        if self._metrics is not None:
+            self._metrics.blocked(block.reason)  # a reason code: a small fixed set
         assert self.tx is not None
         self.tx.text(fmt.blocked(block.ip, block.expires - block.created, block.reason,
                                  block.detail))
@@ -221,6 +226,7 @@ class Session(asyncio.Protocol):
             # Mid-DATA disconnect: nothing is queued, the partial spool is thrown away.
             self._spool.discard()
             self._spool = None
+            self._ended_by = self._ended_by or metrics.ERROR
             if self.tx is not None:
                 self.tx.text("Connection lost during DATA; message discarded")
         if self.tx is not None:
@@ -228,6 +234,18 @@ class Session(asyncio.Protocol):
         if self._registered:
             self.ctx.release(self)
         self.ctx.sids.release(self.sid)
+        if self._metrics is not None:
+            self._metrics.session_ended(self.listener.kind, self._outcome(exc))
+
+    def _outcome(self, exc: Exception | None) -> str:
+        """How the session ended, for mailferry_sessions_total (docs/metrics.md)."""
+        if not self._registered:
+            return metrics.REFUSED
+        if self._messages:
+            return metrics.ACCEPTED_MAIL
+        if self._ended_by is not None:
+            return self._ended_by
+        return metrics.ERROR if exc is not None else metrics.NO_MAIL
 
     def _arm_timer(self, seconds: float) -> None:
         """Move the session's deadline. One timer per session is re-armed lazily when it fires
@@ -257,12 +275,14 @@ class Session(asyncio.Protocol):
             return
         assert self.tx is not None
         self.tx.text("Idle timeout")
+        self._ended_by = metrics.TIMEOUT
         self._send(reply.IDLE_TIMEOUT)
         self._close()
 
     def shutdown(self) -> None:
         """Server stopping: tell the client and close (not in the middle of a commit)."""
         if not self._closing and not self._busy:
+            self._ended_by = metrics.SHUTDOWN
             self._send(reply.SHUTTING_DOWN)
             self._close()
 
@@ -372,6 +392,7 @@ class Session(asyncio.Protocol):
 
     def _internal_error(self) -> None:
         log.exception("session %s: internal error", self.sid)
+        self._ended_by = metrics.ERROR
         if self.tx is not None:
             self.tx.text("Internal error; transaction reset (details in the server log)")
         if self.proto is not None:
@@ -416,6 +437,8 @@ class Session(asyncio.Protocol):
             transport = await starting
         except Exception as exc:  # any failure ends the session; none reaches the peer
             tx.text(fmt.tls_failed(_tls_error(exc)))
+            if self._metrics is not None:
+                self._metrics.tls_failure("inbound")
             self._close()
             loop.call_soon(self.connection_lost, None)
             return
@@ -430,6 +453,8 @@ class Session(asyncio.Protocol):
         version, cipher_name = version or "?", cipher[0] if cipher else "?"
         self._tls_info = f"{version} with cipher {cipher_name}"
         tx.text(fmt.tls_established(version, cipher_name))
+        if self._metrics is not None:
+            self._metrics.tls_session("inbound", version)
         self._arm_timer(self.ctx.config.limits.idle_timeout)
         if greet:
             self._queue_reply(reply.greeting(self.ctx.config.server.hostname, self.ctx.date()))
@@ -570,6 +595,9 @@ class Session(asyncio.Protocol):
         if ctx.guard.counts_messages:
             ctx.guard.message_sent(*self._rate_keys)
             self._rate_keys = (None, None)
+        self._messages += 1
+        if self._metrics is not None:
+            self._metrics.message_received(self.listener.kind, event.size)
         ctx.runner.submit(envelope, header + body if body is not None else None)
 
     def _received_header(self, accepted: list[tuple[str, tuple[str, ...], bool]]) -> bytes:
@@ -602,6 +630,8 @@ class Session(asyncio.Protocol):
         assert self.tx is not None
         self.tx.sent(r.lines)
         self._out.append(r.encode())
+        if r.code >= 400 and self._metrics is not None:
+            self._metrics.rejected(r)
 
     def _flush(self) -> None:
         if self._out and self.transport is not None and not self.transport.is_closing():

@@ -30,6 +30,7 @@ import re
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from mailferry.config import Config
 from mailferry.delivery.outbound import DEFERRED, DELIVERED, FAILED, Outbound, Outcome
@@ -43,14 +44,19 @@ from mailferry.queue.store import QueueStore
 from mailferry.txlog import format as fmt
 from mailferry.txlog.writer import TxLog
 
+if TYPE_CHECKING:
+    from mailferry.metrics import Metrics
+
 log = logging.getLogger("mailferry.remote")
 
 
 class RemoteRunner:
     def __init__(self, config: Config, store: QueueStore, states: StateStore, outbound: Outbound,
                  txlog: TxLog, ids: MessageIdFactory, is_local: Callable[[str], bool],
-                 enqueue_local: Callable[[Envelope, bytes], None]) -> None:
+                 enqueue_local: Callable[[Envelope, bytes], None],
+                 metrics: Metrics | None = None) -> None:
         self._config = config
+        self._metrics = metrics
         self._store = store
         self._states = states
         self._outbound = outbound
@@ -98,6 +104,12 @@ class RemoteRunner:
         self._due = [(0.0, m) for _, m in self._due]
         heapq.heapify(self._due)
         self._wakeup.set()
+
+    def queued(self) -> list[tuple[str, str]]:
+        """(message ID, "remote_active" or "remote_waiting") for each message here (metrics).
+        The sets are copied first (one C-level step): a scrape may run on another thread."""
+        active, waiting = tuple(self._active), tuple(self._queued)
+        return [*((m, "remote_active") for m in active), *((m, "remote_waiting") for m in waiting)]
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="remote-runner")
@@ -268,6 +280,8 @@ class RemoteRunner:
                 r.reply = outcome.reply
                 r.remote = outcome.remote
                 r.status = ST_DELIVERED
+                if self._metrics is not None:
+                    self._metrics.delivered("remote", envelope.received_at, now)
             return []
         return await self._record(envelope, state, results)
 
@@ -298,19 +312,27 @@ class RemoteRunner:
                                     "remote": outcome.remote})
             if outcome.status == DELIVERED:
                 r.status = ST_DELIVERED
+                if self._metrics is not None:
+                    self._metrics.delivered("remote", envelope.received_at, now)
             elif outcome.status == FAILED:
                 r.status = ST_FAILED
                 r.enhanced = _failure_code(outcome.enhanced, expired=False)
+                if self._metrics is not None:
+                    self._metrics.failed("remote")
             else:
                 nxt = schedule.next_attempt(self._policy, r.attempts, envelope.received_at, now)
                 if nxt is None or schedule.is_expired(self._policy, envelope.received_at, now):
                     r.status = ST_FAILED
                     r.enhanced = _failure_code(outcome.enhanced, expired=True)
+                    if self._metrics is not None:
+                        self._metrics.failed("remote")
                     expired.append(f"Expired {msgid} for <{address}>: still failing after "
                                    f"{_days(self._policy.lifetime)} in the queue; last reply:"
                                    f" {outcome.reply}")
                 else:
                     r.next_attempt = nxt
+                    if self._metrics is not None:
+                        self._metrics.deferred("remote")
                     at = time.strftime("%H:%M:%S", time.localtime(nxt))
                     self._system(
                         f"Deferred {msgid} to <{address}>: {outcome.reply};"
@@ -387,6 +409,8 @@ class RemoteRunner:
             self._system(fmt.bounce_created(dsn_id, envelope.msgid, reason))
         else:
             self._system(f"Delay warning {dsn_id} for {envelope.msgid} {reason}")
+        if self._metrics is not None:
+            self._metrics.bounce(kind)
         self._enqueue_local(dsn_env, data)
         return dsn_id
 

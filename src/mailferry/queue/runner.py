@@ -15,16 +15,21 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mailferry.delivery import maildir
 from mailferry.durable import sync_files, sync_folders
 from mailferry.envelope import Envelope
 from mailferry.queue.store import QueueStore
 from mailferry.txlog.writer import TxLog
+
+if TYPE_CHECKING:
+    from mailferry.metrics import Metrics
 
 log = logging.getLogger("mailferry.runner")
 
@@ -42,12 +47,15 @@ class _Job:
 
 
 class Runner:
-    def __init__(self, store: QueueStore, mail_root: Path, hostname: str, txlog: TxLog) -> None:
+    def __init__(self, store: QueueStore, mail_root: Path, hostname: str, txlog: TxLog,
+                 metrics: Metrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics
         self._mail_root = mail_root
         self._hostname = hostname
         self._txlog = txlog
         self._jobs: deque[_Job] = deque()
+        self._batch: list[_Job] = []  # being delivered by the worker thread
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -67,6 +75,11 @@ class Runner:
         self._jobs.append(_Job(envelope, message))
         self._idle.clear()
         self._wakeup.set()
+
+    def queued(self) -> list[str]:
+        """IDs of the messages waiting for (or in) local delivery, for metrics. The unpacking
+        copies the deque in one C-level step: a scrape may run on another thread."""
+        return [job.envelope.msgid for job in (*self._batch, *self._jobs)]
 
     def recover(self) -> int:
         """Queue again everything found on disk at startup (after a crash or a stop)."""
@@ -106,18 +119,33 @@ class Runner:
                 await self._wakeup.wait()
                 continue
             batch = [self._jobs.popleft() for _ in range(min(_BATCH, len(self._jobs)))]
+            self._batch = batch
             try:
                 await loop.run_in_executor(None, self._deliver_batch, batch)
             except Exception:  # never let one bad batch stop delivery
                 log.exception("local delivery batch failed; retrying in %ss", _RETRY_AFTER)
+                if self._metrics is not None:
+                    self._metrics.deferred("local", sum(
+                        r.local for job in batch for r in job.envelope.recipients))
                 loop.call_later(_RETRY_AFTER, self._requeue, batch)
                 continue
+            finally:
+                self._batch = []
+            if self._metrics is not None:
+                self._count_delivered(batch)
             for job in batch:
                 for rcpt, outcome in job.results:
                     self._txlog.system(f"Delivery {job.envelope.msgid} to <{rcpt}>: {outcome}")
                 if self.on_remote is not None and not all(
                         r.local for r in job.envelope.recipients):
                     self.on_remote(job.envelope.msgid)
+
+    def _count_delivered(self, batch: list[_Job]) -> None:
+        assert self._metrics is not None
+        now = time.time()
+        for job in batch:
+            for _ in job.results:
+                self._metrics.delivered("local", job.envelope.received_at, now)
 
     def _requeue(self, batch: list[_Job]) -> None:
         for job in batch:
