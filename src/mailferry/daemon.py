@@ -142,40 +142,39 @@ async def _main(config: Config, loop_name: str, *, metrics: Metrics | None = Non
                                  txlog=txlog, sessions=lambda: ctx.sessions,
                                  started_at=started_at)
     control = ControlServer(queue_control, socket_path(data))
-    where = "control socket"
+    http: HttpServer | None = None
+
+    async def close_stores(last_line: str | None = None) -> None:
+        """The last steps of every stop: workers first, then what they write to."""
+        await runner.stop()
+        await remote.stop()
+        store.close()
+        if last_line is not None:
+            txlog.system(last_line)
+        txlog.close()
+        directory.close()
+        blocks.close()
+
+    where, control_started = "control socket", False
     try:
         for listener in config.listeners:
             where = f"cannot listen on {listener.host}:{listener.port}"
             servers.append(await start_listener(ctx, listener))
         where = f"control socket {control.path}"
         await control.start()
+        control_started = True
+        if config.http.address is not None:
+            host, port = config.http.address
+            where = f"cannot listen on {host}:{port} (http)"
+            http = await _start_http(config, directory, ctx, queue=queue_control,
+                                     metrics_registry=metrics.registry)
     except OSError as exc:
         print(f"mailferry: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        if control_started:
+            await control.close()  # removes its socket file
         for server in servers:
             server.close()
-        await runner.stop()
-        await remote.stop()
-        store.close()
-        txlog.close()
-        directory.close()
-        blocks.close()
-        return 1
-
-    try:
-        http = await _start_http(config, directory, ctx, queue=queue_control,
-                                 metrics_registry=metrics.registry)
-    except OSError as exc:
-        host, port = config.http.address or ("?", 0)
-        print(f"mailferry: error: cannot listen on {host}:{port} (http): "
-              f"{exc.strerror or exc}", file=sys.stderr)
-        await control.close()
-        for server in servers:
-            server.close()
-        await runner.stop()
-        await remote.stop()
-        store.close()
-        txlog.close()
-        directory.close()
+        await close_stores()
         return 1
 
     addresses = ", ".join(f"{lc.host}:{lc.port} ({lc.kind})" for lc in config.listeners)
@@ -219,13 +218,7 @@ async def _main(config: Config, loop_name: str, *, metrics: Metrics | None = Non
         session.shutdown()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(runner.wait_idle(), timeout=10)
-    await runner.stop()
-    await remote.stop()
-    store.close()
-    txlog.system("mailferry stopped")
-    txlog.close()
-    directory.close()
-    blocks.close()
+    await close_stores("mailferry stopped")
     return 0
 
 
