@@ -21,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
-from collections.abc import Awaitable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 from mailferry import metrics, reply
 from mailferry.envelope import Envelope, Recipient
 from mailferry.inbound.guard import Block, Reason, canonical_ip
+from mailferry.inbound.tls_start import TLS_HANDSHAKE_TIMEOUT, start_tls_now, tls_error
 from mailferry.reply import Reply
 from mailferry.smtp.server import (
     Answered,
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailferry.session")
 
-TLS_HANDSHAKE_TIMEOUT = 30.0  # seconds; a client that opens TLS and stalls holds a session slot
 
 
 class Session(asyncio.Protocol):
@@ -118,10 +117,10 @@ class Session(asyncio.Protocol):
         if ctx.config.policy.client_rdns != "off":
             self._rdns = asyncio.get_running_loop().create_task(self._check_client())
         if listener.implicit_tls:
-            # RFC 8314 §3.3: TLS, then the banner. Started now, not in a task: see _start_tls_now.
+            # RFC 8314 §3.3: TLS, then the banner. Started now, not in a task: see start_tls_now.
             assert ctx.tls is not None
             self._arm_timer(ctx.config.limits.idle_timeout)
-            starting = _start_tls_now(transport, self, ctx.tls)
+            starting = start_tls_now(transport, self, ctx.tls)
             self._wait_for(self._handshake(greet=True, starting=starting))
             return
         delay = ctx.config.protection.greeting_delay
@@ -436,7 +435,7 @@ class Session(asyncio.Protocol):
                                           ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
             transport = await starting
         except Exception as exc:  # any failure ends the session; none reaches the peer
-            tx.text(fmt.tls_failed(_tls_error(exc)))
+            tx.text(fmt.tls_failed(tls_error(exc)))
             if self._metrics is not None:
                 self._metrics.tls_failure("inbound")
             self._close()
@@ -648,61 +647,3 @@ class Session(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-
-def _tls_error(exc: BaseException) -> str:
-    """One line for a failed handshake: the OpenSSL reason, else the exception's words."""
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return exc.reason
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        return f"no handshake within {TLS_HANDSHAKE_TIMEOUT:g} s"
-    return fmt.sanitize(str(exc) or type(exc).__name__)
-
-
-def _start_tls_now(transport: asyncio.BaseTransport, protocol: asyncio.Protocol,
-                   tls: ssl.SSLContext) -> Awaitable[asyncio.BaseTransport | None]:
-    """``loop.start_tls`` with its first step run at once, for ``connection_made`` on smtps.
-
-    Why: uvloop starts reading as soon as ``connection_made`` returns (whatever
-    ``pause_reading`` said), so a task started there runs only after the client's ClientHello
-    was already handed to the SMTP protocol, and the handshake hangs. ``start_tls`` puts the TLS
-    protocol in place in its first step, before its first ``await``: running that step now
-    means the first bytes go to TLS (asyncio's own loop is served the same way). The rest of
-    the coroutine continues in the session's task (:class:`_Continue`).
-    """
-    loop = asyncio.get_running_loop()
-    coro = loop.start_tls(transport, protocol, tls, server_side=True,  # type: ignore[arg-type]
-                          ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
-    done: asyncio.Future[asyncio.BaseTransport | None] = loop.create_future()
-    try:
-        pending = coro.send(None)
-    except StopIteration as stop:
-        done.set_result(stop.value)
-        return done
-    except Exception as exc:
-        done.set_exception(exc)
-        return done
-    return _Continue(coro, pending)
-
-
-class _Continue:
-    """Await a coroutine that has already run its first step and is waiting on ``pending``."""
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
-        self._coro = coro
-        self._pending = pending
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        coro, pending = self._coro, self._pending
-        while True:
-            try:
-                yield pending  # the task waits on the future the coroutine waits on
-            except BaseException as exc:  # cancelled while waiting: pass it on
-                try:
-                    pending = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-                continue
-            try:
-                pending = coro.send(None)
-            except StopIteration as stop:
-                return stop.value
