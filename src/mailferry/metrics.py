@@ -65,7 +65,15 @@ QUEUE_STATES = ("local", "remote_active", "remote_waiting")
 # through the reply catalogue (reply.py), so its code says what was refused without the callers
 # naming a reason at each of their refusal points.
 REJECTION_REASONS = ("unknown_user", "relay_denied", "sender_domain", "client_rdns", "size",
-                     "content", "syntax", "limits", "auth", "local_error", "other")
+                     "content", "syntax", "limits", "auth", "sender_not_owned", "rate_limit",
+                     "blocked", "pregreet", "local_error", "other")
+# By (code, enhanced code): the enhanced code alone says too little where one is shared
+# (5.7.1 is a relay refusal with 554 but a sender not owned by the login with 553).
+_REASON_BY_REPLY = {
+    (553, "5.7.1"): "sender_not_owned",
+    (450, "4.7.1"): "rate_limit",
+    (554, "5.5.1"): "pregreet",
+}
 _REASON_BY_CODE = {
     "5.1.1": "unknown_user",
     "5.7.1": "relay_denied",
@@ -74,10 +82,14 @@ _REASON_BY_CODE = {
     "5.3.4": "size",
     "5.6.0": "content",
     "4.5.3": "limits",  # too many recipients
-    "5.7.8": "auth", "5.7.0": "auth", "4.7.8": "auth",  # AUTH failed / required (RFC 4954)
+    # AUTH failed, required first, needs TLS, cancelled, or could not be checked (RFC 4954)
+    "5.7.8": "auth", "5.7.0": "auth", "4.7.8": "auth", "5.7.11": "auth", "5.0.0": "auth",
+    "4.7.0": "auth",
     "4.3.0": "local_error",
     "5.1.3": "syntax", "5.1.7": "syntax",  # bad recipient / sender address syntax
 }
+_BLOCKED_TEXT = "Access denied: your address is blocked"  # reply.client_blocked
+
 
 # Delivery latency, from arrival (received_at) to delivery, per recipient: a Maildir write takes
 # milliseconds, a relay seconds, a retried message hours, and a message expires after days.
@@ -93,12 +105,19 @@ def rejection_reason(r: Reply) -> str | None:
     (a positive reply, or a 421 that ends the session: counted as the session's outcome)."""
     if r.code < 400 or r.code == 421:
         return None
-    reason = _REASON_BY_CODE.get(r.enhanced)
+    if _is_block(r):
+        return "blocked"
+    reason = _REASON_BY_REPLY.get((r.code, r.enhanced)) or _REASON_BY_CODE.get(r.enhanced)
     if reason is not None:
         return reason
     if r.enhanced[2:4] == "5.":  # X.5.Y: protocol — syntax, sequence, parameters
         return "syntax"
     return "other"
+
+
+def _is_block(r: Reply) -> bool:
+    """The refusal of a blocked client at connect (554 5.7.1, as a relay refusal)."""
+    return r.enhanced == "5.7.1" and isinstance(r.text, str) and r.text.startswith(_BLOCKED_TEXT)
 
 
 class Metrics:
@@ -161,7 +180,7 @@ class Metrics:
         self._received = {lk: (self.messages_received.labels(lk), self.received_bytes.labels(lk))
                           for lk in listeners}
         self._rejected = {r: self.rejections.labels(r) for r in REJECTION_REASONS}
-        self._reason_of: dict[tuple[int, str], str | None] = {}
+        self._reason_of: dict[tuple[int, str], str | None] = {}  # memo of rejection_reason
         self._delivery = {(c, r): self.deliveries.labels(c, r)
                           for c in CHANNELS for r in DELIVERY_RESULTS}
         self._latency = {c: self.delivery_latency.labels(c) for c in CHANNELS}
@@ -188,7 +207,7 @@ class Metrics:
 
     def rejected(self, r: Reply) -> None:
         """Count a refusal sent to a client (no-op for replies that are not rejections)."""
-        key = (r.code, r.enhanced)
+        key = (r.code, r.enhanced if not _is_block(r) else "blocked")
         try:
             reason = self._reason_of[key]
         except KeyError:

@@ -58,6 +58,12 @@ def test_reasons_of_the_main_refusals() -> None:
     assert rejection_reason(reply.LOCAL_ERROR) == "local_error"
     assert rejection_reason(reply.r(535, "5.7.8", "Authentication credentials invalid")) == "auth"
     assert rejection_reason(reply.r(554, "5.7.9", "something new")) == "other"
+    # Replies that share an enhanced code are told apart (5.7.1: relay, sender, block).
+    assert rejection_reason(reply.SENDER_NOT_OWNED) == "sender_not_owned"
+    assert rejection_reason(reply.client_blocked("RELAY")) == "blocked"
+    assert rejection_reason(reply.AUTH_NEEDS_TLS) == "auth"
+    assert rejection_reason(reply.MESSAGE_RATE) == "rate_limit"
+    assert rejection_reason(reply.PREGREET) == "pregreet"
 
 
 def test_positive_replies_and_session_ends_are_not_rejections() -> None:
