@@ -253,7 +253,7 @@ async def _start_http(config: Config, directory: Directory, ctx: ServerContext, 
     sock = bind(host, port)
     services = WebServices.from_config(config, directory=directory, queue=queue,
                                        metrics_registry=metrics_registry,
-                                       session_live=ctx.sids.in_use)
+                                       session_live=ctx.sids.in_use, guard=ctx)
     server = HttpServer(create_app(services), sock, url_of(host, port))
     await server.start()
     return server

@@ -8,6 +8,7 @@ socketserver default of 5 drops them).
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from collections import Counter
@@ -18,7 +19,7 @@ from mailferry import reply
 from mailferry.config import Config, ListenerConfig
 from mailferry.ids import MessageIdFactory, SessionIdPool
 from mailferry.inbound.blocks import BlockStore
-from mailferry.inbound.guard import Guard
+from mailferry.inbound.guard import Block, Guard, Reason, canonical_ip
 from mailferry.inbound.policy import Policy
 from mailferry.inbound.session import Session
 from mailferry.metrics import Metrics
@@ -26,7 +27,10 @@ from mailferry.queue.runner import Runner
 from mailferry.queue.store import QueueStore
 from mailferry.reply import Reply
 from mailferry.smtp.server import Limits
+from mailferry.txlog import format as fmt
 from mailferry.txlog.writer import TxLog
+
+log = logging.getLogger("mailferry.guard")
 
 
 @dataclass
@@ -61,6 +65,38 @@ class ServerContext:
             self._date_second = now
             self._date = formatdate(now, localtime=True)
         return self._date
+
+    def impose(self, block: Block) -> None:
+        """Put a client on the block list (written in the background) and count it."""
+        self.blocks.add(block)
+        if self.metrics is not None:
+            self.metrics.blocked(block.reason)  # a reason code: a small fixed set
+        log.warning("blocked %s for %g s: %s (%s)", block.ip, block.expires - block.created,
+                    block.reason, block.detail)
+
+    # For the server's other doors (the web UI's login): the same block list and counters as
+    # the SMTP sessions, [relay] networks exempt as there.
+    def client_blocked(self, ip: str) -> Block | None:
+        key = self._untrusted_key(ip)
+        return self.blocks.get(key) if key else None
+
+    def offence(self, ip: str, reason: Reason) -> Block | None:
+        """Count one offence seen outside an SMTP session; block the address when it trips."""
+        key = self._untrusted_key(ip)
+        block = self.guard.count(key, reason) if key else None
+        if block is not None:
+            self.impose(block)
+            self.txlog.system(fmt.blocked(block.ip, block.expires - block.created, block.reason,
+                                          block.detail))
+        return block
+
+    def _untrusted_key(self, ip: str) -> str:
+        if self.policy.client_trusted(ip):
+            return ""
+        try:
+            return canonical_ip(ip)
+        except ValueError:
+            return ""
 
     def admit(self, session: Session) -> Reply | None:
         limits = self.config.limits

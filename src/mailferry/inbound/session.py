@@ -177,15 +177,11 @@ class Session(asyncio.Protocol):
         return True
 
     def _impose(self, block: Block) -> None:
-        """Put a tripped client on the block list (written in the background) and say so."""
-        self.ctx.blocks.add(block)
-        if self._metrics is not None:
-            self._metrics.blocked(block.reason)  # a reason code: a small fixed set
+        """Put a tripped client on the block list and say so in this session's log."""
+        self.ctx.impose(block)
         assert self.tx is not None
         self.tx.text(fmt.blocked(block.ip, block.expires - block.created, block.reason,
                                  block.detail))
-        log.warning("blocked %s for %g s: %s (%s)", block.ip, block.expires - block.created,
-                    block.reason, block.detail)
 
     def _auth_failed(self) -> bool:
         """Called by AUTH after each failed attempt, once its 535 is queued (tls-auth branch):

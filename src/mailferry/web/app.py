@@ -15,6 +15,7 @@ from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from mailferry.inbound.guard import Reason
 from mailferry.web import api, pages
 from mailferry.web.auth import COOKIE, MAX_AGE, Auth, loopback_host, same_origin
 from mailferry.web.data import Data
@@ -60,6 +61,9 @@ def create_app(services: WebServices) -> FastAPI:
         auth: Auth = app.state.auth
         path = request.url.path
         host = request.headers.get("host")
+        if services.guard is not None and services.guard.client_blocked(client_ip(request)):
+            return _refuse(path, 403, "your address is blocked (too many failed logins or other "
+                                      "abuse; see mailferry block list)")
         if not auth.login_required and not loopback_host(host):
             return _refuse(path, 400, "this server answers only to a loopback host name "
                                       "(127.0.0.1, [::1], localhost)")
@@ -72,6 +76,8 @@ def create_app(services: WebServices) -> FastAPI:
         header = request.headers.get("authorization")
         if user is None and header and (_is_api(path) or path == "/metrics"):
             user = await auth.check_basic(header)
+            if user is None:
+                login_failed(request)
         request.state.user = user
         if auth.login_required and user is None and not path.startswith(_PUBLIC):
             if _is_api(path) or path == "/metrics":
@@ -111,3 +117,15 @@ def _refuse(path: str, status: int, detail: str, headers: dict[str, str] | None 
     if _is_api(path) or path == "/metrics":
         return JSONResponse({"detail": detail}, status, headers=headers)
     return Response(detail + "\n", status, media_type="text/plain", headers=headers)
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client is not None else ""
+
+
+def login_failed(request: Request) -> None:
+    """A wrong password at the web's door counts like a failed SMTP AUTH of that address
+    ([protection] max_auth_failures): the same guessing, the same block."""
+    guard = request.app.state.services.guard
+    if guard is not None:
+        guard.offence(client_ip(request), Reason.AUTHFAIL)

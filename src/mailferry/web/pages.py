@@ -199,6 +199,8 @@ async def login(request: Request, user: Annotated[str, Form(max_length=320)] = "
     _check_csrf(request, csrf_token)
     auth: Auth = request.app.state.auth
     if not await auth.check_password(user, password):
+        from mailferry.web.app import login_failed
+        login_failed(request)
         return render(request, "login.html", 401, next=_safe_next(next), failed=True)
     from mailferry.web.app import set_session_cookie
     response = RedirectResponse(_safe_next(next), 303)

@@ -40,6 +40,15 @@ class QueueControl(Protocol):
     async def status(self) -> dict[str, Any]: ...
 
 
+class ClientGuard(Protocol):
+    """Intrusion prevention for the web's logins (inbound.listener.ServerContext implements it):
+    a failed login counts as a failed AUTH of that address, and a blocked address is refused."""
+
+    def client_blocked(self, ip: str) -> object | None: ...
+
+    def offence(self, ip: str, reason: Any) -> object | None: ...
+
+
 class PasswordChecker(Protocol):
     """verify.users.Directory's password check (blocking: called in a worker thread)."""
 
@@ -55,6 +64,7 @@ class WebServices:
     queue: QueueControl | None = None
     metrics_registry: Any = None  # a prometheus_client CollectorRegistry; None: a fresh one
     session_live: Callable[[str], bool] | None = None  # SID → open in this process now
+    guard: ClientGuard | None = None  # None: logins are not counted (tests from files alone)
 
     @classmethod
     def from_config(cls, config: Config, **kw: Any) -> WebServices:
