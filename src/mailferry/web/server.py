@@ -60,9 +60,16 @@ class HttpServer:
         self._server = _EmbeddedServer(config)
         self._sock = sock
         self._task: asyncio.Task | None = None
+        self._warm_up: asyncio.Task | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._serve())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._serve())
+        data = getattr(self._server.config.app.state, "data", None)
+        if data is not None:
+            # Read the recent log now (in a worker thread), not when the first page is asked
+            # for: on a large log that takes seconds, which the first visitor would wait.
+            self._warm_up = loop.create_task(data.run(lambda: None))
 
     async def _serve(self) -> None:
         try:
@@ -72,6 +79,8 @@ class HttpServer:
 
     async def stop(self) -> None:
         self._server.should_exit = True
+        if self._warm_up is not None and not self._warm_up.done():
+            self._warm_up.cancel()  # the thread finishes its read; nobody waits for it
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
