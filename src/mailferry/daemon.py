@@ -200,6 +200,7 @@ async def _main(config: Config, loop_name: str, *, metrics: Metrics | None = Non
         "Add a mailbox with: mailferry user add alice@example.test",
         flush=True,
     )
+    _warn_missing_postmaster(directory, txlog)
 
     stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -220,6 +221,17 @@ async def _main(config: Config, loop_name: str, *, metrics: Metrics | None = Non
         await asyncio.wait_for(runner.wait_idle(), timeout=10)
     await close_stores("mailferry stopped")
     return 0
+
+
+def _warn_missing_postmaster(directory: Directory, txlog: TxLog) -> None:
+    """RFC 5321 §4.5.1: every domain must accept mail for postmaster. We cannot guess whose
+    mailbox that is, so say so at start, with the command that fixes it."""
+    for domain in directory.domains():
+        if directory.resolve(f"postmaster@{domain}") is None:
+            text = (f"no mailbox or alias for postmaster@{domain} (RFC 5321 requires one):"
+                    f" mailferry alias add postmaster@{domain} you@{domain}")
+            print(f"mailferry: warning: {text}", file=sys.stderr, flush=True)
+            txlog.system(f"Warning: {text}")
 
 
 def _listener_lines(config: Config) -> str:

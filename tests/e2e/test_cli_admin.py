@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mailferry.verify.users import Directory
+from tests.support.daemon import Daemon
 
 GOOD = Path(__file__).parents[1] / "data" / "configs" / "good" / "full.toml"
 BAD = Path(__file__).parents[1] / "data" / "configs" / "bad" / "recipients_not_int.toml"
@@ -159,3 +160,20 @@ def test_installed_console_script(tmp_path: Path) -> None:
                                timeout=60, check=True).stdout
     for command in ("serve", "config", "user", "alias", "domain"):
         assert f"  {command} " in help_text
+
+
+def test_start_warns_about_a_missing_postmaster(tmp_path: Path) -> None:
+    """RFC 5321 §4.5.1: postmaster must exist in every local domain; the server says so at
+    start (stderr and the log), with the command that fixes it, until it does."""
+    daemon = Daemon(tmp_path / "d")
+    warning = ("no mailbox or alias for postmaster@example.test (RFC 5321 requires one):"
+               " mailferry alias add postmaster@example.test you@example.test")
+    with daemon:
+        daemon.wait_line(f"Warning: {warning}")
+    assert f"mailferry: warning: {warning}" in (daemon.root / "stderr.log").read_text()
+    daemon.add_user("admin@example.test")
+    daemon.cli("alias", "add", "postmaster@example.test", "admin@example.test")
+    (daemon.root / "stderr.log").write_text("")
+    with daemon:
+        daemon.wait_line("mailferry started")
+    assert "postmaster" not in (daemon.root / "stderr.log").read_text()
