@@ -21,7 +21,6 @@ Must not: decide anything (guard.py does) or write the transaction log (the sess
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import sqlite3
 import threading
 import time
@@ -29,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mailferry.inbound.guard import Block
+from mailferry.sqlite_db import open_db
 
 DB_NAME = "blocks.db"
 _RECHECK = 0.2  # seconds between checks for changes made by other processes
@@ -79,22 +79,8 @@ class BlockStore:
         return cls(Path(data_dir) / DB_NAME, durable=durable)
 
     def _connect(self, durable: bool) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA journal_mode = WAL")  # readers never wait for writers
-            conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                conn.executescript(_SCHEMA)
-            elif version > _SCHEMA_VERSION:
-                conn.close()
-                raise BlockStoreError(f"{self.path}: made by a newer mailferry (schema {version})")
-        except (OSError, sqlite3.DatabaseError) as err:
-            raise BlockStoreError(f"{self.path}: {getattr(err, 'strerror', None) or err}") from None
-        return conn
+        return open_db(self.path, _SCHEMA, _SCHEMA_VERSION, BlockStoreError,
+                       synchronous="FULL" if durable else "NORMAL")
 
     def close(self) -> None:
         """Wait for pending writes, then close."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import sqlite3
 import threading
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING
 import argon2
 
 from mailferry.address import Address, AddressError, parse_mailbox
+from mailferry.sqlite_db import open_db
 
 if TYPE_CHECKING:
     from mailferry.config import Config
@@ -104,23 +104,7 @@ class Directory:
         return cls(config.data_dir / DB_NAME, config.domains.local)
 
     def _connect(self) -> sqlite3.Connection:
-        # Create the file ourselves, so it is never readable by others (it holds password hashes).
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            conn = sqlite3.connect(
-                self.path, timeout=5.0, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode = WAL")  # readers never wait for the CLI's writes
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                conn.executescript(_SCHEMA)
-            elif version > _SCHEMA_VERSION:
-                conn.close()
-                raise DirectoryError(f"{self.path}: made by a newer mailferry (schema {version})")
-        except (OSError, sqlite3.DatabaseError) as err:
-            raise DirectoryError(f"{self.path}: {getattr(err, 'strerror', None) or err}") from None
-        return conn
+        return open_db(self.path, _SCHEMA, _SCHEMA_VERSION, DirectoryError)
 
     def close(self) -> None:
         with self._lock:
