@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailferry.session")
 
 
-
 class Session(asyncio.Protocol):
     def __init__(self, ctx: ServerContext, listener: ListenerConfig) -> None:
         self.ctx = ctx
