@@ -103,11 +103,20 @@ def config_check() -> None:
     if path is None:
         raise click.UsageError("give the file to check: --config FILE")
     try:
-        load_config(path)
+        config = load_config(path)
     except ConfigError as err:
         # Just the "FILE:LINE: key: problem" line, in the format editors jump to.
         click.echo(str(err), err=True)
         sys.exit(1)
+    if config.tls.enabled and not config.tls.self_signed:
+        # `serve` would stop on a certificate it cannot load: say so now, not at the restart.
+        from mailferry.tls import TlsError, server_context  # lazily: cryptography is slow
+
+        try:
+            server_context(config.tls)
+        except TlsError as err:
+            click.echo(f"{path}: tls: {err}", err=True)
+            sys.exit(1)
     click.echo(f"{path}: ok")
 
 

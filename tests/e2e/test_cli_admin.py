@@ -134,7 +134,11 @@ def test_broken_config_stops_every_command(tmp_path: Path) -> None:
 
 
 def test_config_check(tmp_path: Path) -> None:
-    assert ok(tmp_path, "config", "check", "--config", str(GOOD)) == f"{GOOD}: ok\n"
+    good = GOOD.parent / "listeners.toml"
+    assert ok(tmp_path, "config", "check", "--config", str(good)) == f"{good}: ok\n"
+    # full.toml names certificate files that do not exist here: serve could not start.
+    assert fails(tmp_path, "config", "check", "--config", str(GOOD)) == (
+        f"{GOOD}: tls: {GOOD.parent / 'certs' / 'mx.pem'}: no such file")
     assert fails(tmp_path, "config", "check", "--config", str(BAD)) == (
         f'{BAD}:12: limits.recipients: must be a positive integer, got "ten"'
     )
@@ -153,9 +157,10 @@ def test_installed_console_script(tmp_path: Path) -> None:
     """The `mailferry` entry point from pyproject.toml, as a user runs it."""
     script = Path(sys.executable).parent / "mailferry"
     assert script.exists(), f"{script} missing: install the project (pip install -e .)"
-    proc = subprocess.run([str(script), "config", "check", "--config", str(GOOD)],
+    good = GOOD.parent / "listeners.toml"
+    proc = subprocess.run([str(script), "config", "check", "--config", str(good)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
-    assert (proc.returncode, proc.stdout) == (0, f"{GOOD}: ok\n")
+    assert (proc.returncode, proc.stdout) == (0, f"{good}: ok\n")
     help_text = subprocess.run([str(script), "--help"], capture_output=True, text=True,
                                timeout=60, check=True).stdout
     for command in ("serve", "config", "user", "alias", "domain"):
@@ -177,3 +182,15 @@ def test_start_warns_about_a_missing_postmaster(tmp_path: Path) -> None:
     with daemon:
         daemon.wait_line("mailferry started")
     assert "postmaster" not in (daemon.root / "stderr.log").read_text()
+
+
+def test_config_check_loads_the_certificate(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    ok(tmp_path, "tls", "selfsigned", "--hostname", "mx.example.test", "--out", str(certs))
+    config = tmp_path / "mailferry.toml"
+    config.write_text(f'[tls]\ncertificate = "{certs / "cert.pem"}"\nkey = "{certs / "key.pem"}"\n')
+    assert ok(tmp_path, "config", "check", "--config", str(config)) == f"{config}: ok\n"
+    (certs / "key.pem").write_text("not a key\n")
+    assert fails(tmp_path, "config", "check", "--config", str(config)).startswith(
+        f"{config}: tls: {certs / 'cert.pem'} / {certs / 'key.pem'}: cannot load the certificate"
+        " and key (")
