@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 from mailferry import metrics, reply
 from mailferry.envelope import Envelope, Recipient
-from mailferry.inbound.guard import Block, Reason, canonical_ip
+from mailferry.inbound.guard import Reason
+from mailferry.inbound.session_guard import SessionProtection
 from mailferry.inbound.tls_start import TLS_HANDSHAKE_TIMEOUT, start_tls_now, tls_error
 from mailferry.reply import Reply
 from mailferry.smtp.server import (
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailferry.session")
 
 
-class Session(asyncio.Protocol):
+class Session(SessionProtection, asyncio.Protocol):
     def __init__(self, ctx: ServerContext, listener: ListenerConfig) -> None:
         self.ctx = ctx
         self.listener = listener
@@ -142,66 +143,6 @@ class Session(asyncio.Protocol):
         ctx = self.ctx
         self._send(reply.greeting(ctx.config.server.hostname, ctx.date()))
         self._arm_timer(ctx.config.limits.idle_timeout)
-
-    def _guard_connect(self) -> Reply | None:
-        """An untrusted client connects: refuse it when blocked, count the connection."""
-        ctx = self.ctx
-        assert self.tx is not None
-        try:
-            self._ip_key = canonical_ip(self.peer_ip)
-        except ValueError:  # not an IP socket (tests over a UNIX socket): nothing to key on
-            return None
-        block = ctx.blocks.get(self._ip_key)
-        if block is not None:
-            until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(block.expires))
-            self.tx.text(fmt.refused_blocked(self._ip_key, until, block.reason, block.detail))
-            return reply.client_blocked(block.reason)
-        tripped = ctx.guard.count(self._ip_key, Reason.CONNRATE)
-        if tripped is not None:
-            self._impose(tripped)
-            return reply.client_now_blocked(tripped.reason)
-        return None
-
-    def _count(self, reason: Reason) -> bool:
-        """Count one offence of this client. When that trips its rule, the client is blocked,
-        told ``421`` and the session closes: returns True (the caller stops)."""
-        if self._trusted or not self._ip_key:
-            return False
-        block = self.ctx.guard.count(self._ip_key, reason)
-        if block is None:
-            return False
-        self._impose(block)
-        self._queue_reply(reply.client_now_blocked(block.reason))
-        self._close()
-        return True
-
-    def _impose(self, block: Block) -> None:
-        """Put a tripped client on the block list and say so in this session's log."""
-        self.ctx.impose(block)
-        assert self.tx is not None
-        self.tx.text(fmt.blocked(block.ip, block.expires - block.created, block.reason,
-                                 block.detail))
-
-    def _auth_failed(self) -> bool:
-        """Called by AUTH after each failed attempt, once its 535 is queued (tls-auth branch):
-        counts AUTHFAIL. True when that blocked the client: the session is closing (421 sent)."""
-        return self._count(Reason.AUTHFAIL)
-
-    def _pregreet(self, data: bytes) -> None:
-        """The client sent something before the greeting (greeting_delay)."""
-        assert self.tx is not None
-        if self._greet_timer is not None:
-            self._greet_timer.cancel()
-            self._greet_timer = None
-        waited = asyncio.get_running_loop().time() - self._connected_at
-        first = data.split(b"\r\n", 1)[0][:80].decode("ascii", "backslashreplace")
-        self.tx.text(fmt.pregreet(len(data), waited, first))
-        self._queue_reply(reply.PREGREET)
-        if self._ip_key:
-            block = self.ctx.guard.count(self._ip_key, Reason.PREGREET)
-            if block is not None:
-                self._impose(block)
-        self._close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         # Called once by the transport, or by _handshake after a failed handshake (whichever
@@ -508,28 +449,6 @@ class Session(asyncio.Protocol):
                 self._count(Reason.UNKNOWNRCPT)
         elif verdict.reply is reply.RELAY_DENIED and self.auth_user is None:
             self._count(Reason.RELAY)
-
-    def _count_oversize(self) -> None:
-        # An authenticated user resending a too-big attachment is a person, not an attack:
-        # blocking their address (often a whole office behind NAT) would punish the wrong thing.
-        if self.auth_user is None:
-            self._count(Reason.OVERSIZE)
-
-    def _message_rate_refused(self, event: MailRequest) -> bool:
-        """Per-user / per-sender message limits ([protection]): 450 when over (not a block)."""
-        guard = self.ctx.guard
-        user = self.auth_user if guard.applies_to_user() else None
-        address = event.args.address
-        sender = (str(address) if address is not None and guard.applies_to_sender()
-                  and self.listener.kind in ("submission", "smtps") else None)
-        self._rate_keys = (user, sender)
-        why = guard.message_refusal(user, sender)
-        if why is None:
-            return False
-        assert self.tx is not None
-        self.tx.text(fmt.message_rate_limited(why))
-        self._queue_reply(reply.MESSAGE_RATE)
-        return True
 
     def _data(self) -> None:
         assert self.proto is not None
