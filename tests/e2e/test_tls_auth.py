@@ -410,6 +410,12 @@ def test_report_reads_tls_and_auth_sessions_as_the_records_do(mta: Daemon) -> No
     old, new = _both([mta.log_dir])
     _assert_same(old, new)
     assert old["log"]["unparsed"] == 0
+    # The submissions above: over TLS, logged in, and who submitted them.
+    t = old["totals"]
+    assert 0 < t["messages_authenticated"] <= t["messages_tls"] <= t["messages_received"]
+    users = dict(old["top_authenticated_users"])
+    assert users.get("alice@example.test", 0) >= 1
+    assert sum(users.values()) == t["messages_authenticated"]
 
 
 def test_no_secret_anywhere_after_all_of_the_above(mta: Daemon) -> None:

@@ -22,9 +22,12 @@ from bench.trace_bench import generate
 from mailferry.tracker import cli, reader, tally
 from mailferry.tracker import report as report_mod
 from mailferry.tracker.reconstruct import Reconstructor, UnreadableLine
+from tests.support import tls_auth_log
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 SAMPLE = (DATA / "logs" / "s20261128.log").read_text().splitlines(keepends=True)
+# Sessions with STARTTLS, implicit TLS, refused and accepted logins (TLS / AUTH counts).
+TLS_AUTH = tls_auth_log.lines()
 GOLDEN = [[DATA / "logs"]] + [[p] for p in sorted((DATA / "icewarp").glob("*.log"))]
 
 
@@ -53,6 +56,14 @@ def _assert_same(old: dict, new: dict) -> None:
 @pytest.mark.parametrize("paths", GOLDEN, ids=["logs"] + [p[0].stem for p in GOLDEN[1:]])
 def test_golden_logs(paths: list[Path]) -> None:
     _assert_same(*_both(paths))
+
+
+def test_tls_and_auth_sessions(tmp_path: Path) -> None:
+    log = tmp_path / "s20261128.log"
+    log.write_text("".join(TLS_AUTH))
+    old, new = _both([log])
+    assert old["totals"]["messages_tls"] == tls_auth_log.EXPECTED["messages_tls"]
+    _assert_same(old, new)
 
 
 def test_generated_log_like_the_benchmark(tmp_path: Path) -> None:
@@ -144,7 +155,7 @@ def _compare_text(tmp_path_factory, text: str, name: str = "s20261128.log") -> N
 def test_fuzz_damaged_real_log(tmp_path_factory, rng: random.Random) -> None:
     """Lines dropped, duplicated, swapped, cut short, garbled or retimed, sessions cut off
     (no Disconnected) and SIDs reused: a log as it really arrives."""
-    lines = list(SAMPLE)
+    lines = list(SAMPLE) + TLS_AUTH
     for _ in range(rng.randrange(1, 30)):
         i = rng.randrange(len(lines))
         op = rng.randrange(8)
@@ -173,13 +184,17 @@ def test_fuzz_damaged_real_log(tmp_path_factory, rng: random.Random) -> None:
                 "*** <a@b> <c@d> 1 10 00:00:01 OK MFX1 extra", "<<< AUTH LOGIN",
                 ">>> 334 VXNlcm5hbWU6", "<<< ****", "<<< 12 bytes (overall data transfer "
                 "speed=12 B/s)", "Connected, local IP=1.2.3.4", "DNS query MX x failed: NO",
-                ">>> 421 4.7.0 bye", "")) + "\n"
+                ">>> 421 4.7.0 bye", "", "<<< STARTTLS", ">>> 220 2.0.0 Ready to start TLS",
+                "TLS established: TLSv1.3 TLS_AES_128_GCM_SHA256", "TLS handshake failed: eof",
+                "Authenticated as eve@example.com (PLAIN)", ">>> 235 2.7.0 Authentication "
+                "successful", "Authentication failed for eve (LOGIN)", ">>> 535 5.7.8 no",
+                "<<< AUTH PLAIN")) + "\n"
     _compare_text(tmp_path_factory, "".join(lines))
 
 
 @settings(max_examples=100, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.sampled_from(SAMPLE), max_size=80), st.booleans())
+@given(st.lists(st.sampled_from(SAMPLE + TLS_AUTH), max_size=80), st.booleans())
 def test_fuzz_shuffled_sample_lines(tmp_path_factory, lines: list[str], dated: bool) -> None:
     """Real lines in any order and number (sessions interleaved, reused, cut)."""
     _compare_text(tmp_path_factory, "".join(lines), "s20261128.log" if dated else "x.log")
@@ -239,6 +254,8 @@ def test_usual_shapes_read_every_generated_session_like_the_interpreter(tmp_path
 
 P = "192.0.2.154     [0009] 10:00:0{} "
 _ODD_NOTES = ("Bounce MFB0000001 for MFA0000001: 550", "DSN for MFA0000002", "<abc>-def",
+              "TLS established: TLSv1.3 X", "Authenticated as eve@example.com (PLAIN)",
+              "TLS handshake failed: eof", "user not authenticated: eve",
               "Connecting to mx [1.2.3.4]:25", "Connected", "Start of mail processing",
               "DNS query MX x: y (10)", "*** junk", "  ", "x B/s)")
 _ODD_REPLIES = ("550 5.1.1 no", "451 4.7.1 later", "354 go", "250-more", "221 bye", "2", "",

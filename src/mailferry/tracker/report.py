@@ -51,6 +51,7 @@ class Report:
     def __init__(self) -> None:
         self.totals: Counter[str] = Counter()
         self.senders: Counter[str] = Counter()
+        self.authenticated_users: Counter[str] = Counter()  # messages received per AUTH user
         self.recipients: Counter[str] = Counter()
         self.clients: Counter[str] = Counter()
         self.sender_domains: Counter[str] = Counter()
@@ -96,6 +97,13 @@ class Report:
             hour = _hour(r["start"])
             if hour:
                 self.received_per_hour[hour] += 1
+            # How the session stood at MAIL FROM (records.py): encrypted, logged in as whom.
+            if r["tls"]:
+                t["messages_tls"] += 1
+            user = r["auth_user"]
+            if user:
+                t["messages_authenticated"] += 1
+                self.authenticated_users[user] += 1
         for x in r["recipients"]:
             self._recipient(x, received)
         if r["bounce"]:
@@ -133,6 +141,7 @@ class Report:
         return {
             "totals": dict(sorted(self.totals.items())),
             "top_senders": top(self.senders),
+            "top_authenticated_users": top(self.authenticated_users),
             "top_recipients": top(self.recipients),
             "top_clients": top(self.clients),
             "top_sender_domains": top(self.sender_domains),
@@ -158,6 +167,8 @@ def render(data: dict) -> str:
     rows = [("sessions served", log.get("sessions_in", 0)),
             ("delivery sessions", log.get("sessions_out", 0)),
             ("messages received", t.get("messages_received", 0)),
+            ("messages received over TLS", t.get("messages_tls", 0)),
+            ("messages received authenticated", t.get("messages_authenticated", 0)),
             ("bytes received", t.get("bytes_received", 0)),
             ("recipients delivered", t.get("recipients_delivered", 0)),
             ("recipients deferred (still)", t.get("recipients_deferred", 0)),
@@ -172,7 +183,9 @@ def render(data: dict) -> str:
             ("incomplete sessions", log.get("incomplete", 0)),
             ("unreadable lines", log.get("unparsed", 0))]
     out += _table(rows)
-    for title, key in (("Top senders", "top_senders"), ("Top recipients", "top_recipients"),
+    for title, key in (("Top senders", "top_senders"),
+                       ("Top authenticated users", "top_authenticated_users"),
+                       ("Top recipients", "top_recipients"),
                        ("Top client IPs", "top_clients"),
                        ("Top sender domains", "top_sender_domains"),
                        ("Top recipient domains", "top_recipient_domains"),

@@ -305,6 +305,10 @@ class Session:
             self.helo = text[5:].strip() or None
         elif verb == "AUTH":
             self.auth = text[5:].split(" ", 1)[0].upper() or None
+            if self.auth_ok is False:
+                # A new attempt after a refused one: its "Authenticated as USER" line (logged
+                # before the 235) names the user again.
+                self.auth_ok = None
         elif verb == "STAR" and text.upper().startswith("STARTTLS"):
             verb = "STARTTLS"
         elif verb == "BDAT":

@@ -74,7 +74,9 @@ S_OFF, S_START, S_CONN, S_FIRST, S_PEER, S_SID, S_SOURCE, S_LINENO, S_MIXED = ra
 # are ints, or the When of a session rebuilt by Session (see _seconds_of / _hour_of); T_SIZE is
 # the digits as logged, or an int (made an int only for the messages counted as received).
 T_STATUS, T_MSGID, T_SENDER, T_SIZE, T_START, T_END, T_RCPTS, T_REASON, T_REPLY, T_SUMM, \
-    T_OK = range(11)  # T_SUMM: it has *** lines; T_OK: one of them says OK
+    T_OK, T_TLS, T_AUTH = range(13)  # T_SUMM: it has *** lines; T_OK: one of them says OK
+# T_TLS, T_AUTH: how the session stood at MAIL FROM (session.Txn.tls / .auth_user), read only
+# for served sessions (the report counts them for received messages).
 # A recipient (session.Rcpt); R_KEY is the address in lower case, the join's key.
 R_ADDR, R_KEY, R_REPLY, R_ACC, R_ROUTE, R_STATUS = range(6)
 # A closed session, as the join keeps it (a tuple): the client's address, when it began (a
@@ -618,6 +620,12 @@ class Tally:
             hour = self._hour_of(start)
         if hour:
             rep.received_per_hour[hour] += 1
+        if txn[T_TLS]:
+            t["messages_tls"] += 1
+        user = txn[T_AUTH]
+        if user:
+            t["messages_authenticated"] += 1
+            rep.authenticated_users[user] += 1
         received_at = None
         matched = 0
         for r in txn[T_RCPTS]:
@@ -747,6 +755,12 @@ class Tally:
             hour = self._hour_of(seen[V_START] if start is None else start)
             if hour:
                 rep.received_per_hour[hour] += 1
+            if txn[T_TLS]:  # type: ignore[index]
+                t["messages_tls"] += 1
+            user = txn[T_AUTH]  # type: ignore[index]
+            if user:
+                t["messages_authenticated"] += 1
+                rep.authenticated_users[user] += 1
         for addr, reply, st, fate, timed in rows:
             if st in _REFUSED:
                 t["recipients_refused"] += 1
@@ -879,7 +893,9 @@ def _action(opening: str, direction: str) -> int:
             return A_MAIL
         if verb == "RCPT":
             return A_RCPT
-        if verb in ("RSET", "BDAT"):
+        if verb in ("RSET", "BDAT", "STAR", "AUTH"):
+            # (STAR: Session names the verb STARTTLS only when it is one; AUTH: a new attempt
+            # forgets a refused one)
             return A_GENERIC
         entry = (verb, None)  # what goes on the pending list, made once per verb
         if entry not in _COMMANDS:
@@ -937,6 +953,11 @@ def _interpret(s: list, buf: list | tuple, disconnected: bool) -> tuple:
     greeting = False
     reject = None
     notes: list[str] = []
+    # Session.tls / .auth_ok, as of the last note read (``checked``): notes are read for them
+    # only when it matters (a MAIL FROM of a served session, an AUTH reply), once each.
+    tls = False
+    auth_ok: bool | str | None = None
+    checked = 0
     attempt_error = mx_error = None
     last = None
     summary_at = fmt.SUMMARY_AT.match
@@ -1006,6 +1027,14 @@ def _interpret(s: list, buf: list | tuple, disconnected: bool) -> tuple:
                     elif direction is OUT and (verb == "EHLO" or verb == "HELO") and \
                             opening[4] != "2":
                         reject = reject or x[b4:-1]
+                    elif verb == "AUTH":
+                        if len(notes) > checked:
+                            tls, auth_ok = _standing(notes, checked, tls, auth_ok)
+                            checked = len(notes)
+                        auth_ok = (auth_ok if auth_ok.__class__ is str else True) \
+                            if opening[4] == "2" else False
+                    elif verb == "STARTTLS":
+                        tls = tls or opening[4:7] == "220"
                     continue
                 code = opening[4:7]
                 if not greeting and txn is None and code in _GREETINGS:
@@ -1038,14 +1067,24 @@ def _interpret(s: list, buf: list | tuple, disconnected: bool) -> tuple:
                 sender = x[i + 1:j] if j > 0 else x[i + 1:-1]
             else:
                 sender = _path(x[b4:-1])
-            txn = [OPEN, None, sender, None, base + t, None, [], None, None, False, False]
+            txn = [OPEN, None, sender, None, base + t, None, [], None, None, False, False,
+                   False, None]
             txns.append(txn)
             pending.append(("MAIL", txn))
+            if direction is IN:
+                if len(notes) > checked:
+                    tls, auth_ok = _standing(notes, checked, tls, auth_ok)
+                    checked = len(notes)
+                if tls:
+                    txn[T_TLS] = True
+                if auth_ok.__class__ is str:
+                    txn[T_AUTH] = auth_ok
             continue
         elif a == A_RCPT:
             last = x
             if txn is None or txn[T_STATUS] != OPEN:
-                txn = [OPEN, None, None, None, None, None, [], None, None, False, False]
+                txn = [OPEN, None, None, None, None, None, [], None, None, False, False,
+                       False, None]
                 txns.append(txn)  # the log began after MAIL FROM
             i = x.find("<", b4)
             if i >= 0:
@@ -1083,7 +1122,7 @@ def _interpret(s: list, buf: list | tuple, disconnected: bool) -> tuple:
                         tx = prev
                 if tx is None or (tx[T_MSGID] is not None and msgid and tx[T_MSGID] != msgid):
                     tx = txn = [OPEN, None, sender, None, now if direction is OUT else None,
-                                None, [], None, None, False, False]
+                                None, [], None, None, False, False, False, None]
                     txns.append(tx)
                 if tx[T_SENDER] is None:
                     tx[T_SENDER] = sender
@@ -1212,6 +1251,13 @@ def _interpret(s: list, buf: list | tuple, disconnected: bool) -> tuple:
                         _data_done(txn, text, _time(x, off1, base), direction)
                 elif (verb == "EHLO" or verb == "HELO") and not ok and direction is OUT:
                     reject = reject or text
+                elif verb == "STARTTLS":
+                    tls = tls or code == "220"
+                elif verb == "AUTH":
+                    if len(notes) > checked:
+                        tls, auth_ok = _standing(notes, checked, tls, auth_ok)
+                        checked = len(notes)
+                    auth_ok = (auth_ok if auth_ok.__class__ is str else True) if ok else False
             elif text != fmt.SECRET:  # a command
                 verb = text[:4].upper()
                 arg = None
@@ -1220,11 +1266,20 @@ def _interpret(s: list, buf: list | tuple, disconnected: bool) -> tuple:
                     if txn is not None and txn[T_STATUS] == OPEN:
                         _end_txn(txn, None, now, direction)
                     txn = arg = [OPEN, None, _path(text), None, now, None, [], None, None,
-                                 False, False]
+                                 False, False, False, None]
                     txns.append(txn)
+                    if direction is IN:
+                        if len(notes) > checked:
+                            tls, auth_ok = _standing(notes, checked, tls, auth_ok)
+                            checked = len(notes)
+                        if tls:
+                            txn[T_TLS] = True
+                        if auth_ok.__class__ is str:
+                            txn[T_AUTH] = auth_ok
                 elif verb == "RCPT":
                     if txn is None or txn[T_STATUS] != OPEN:
-                        txn = [OPEN, None, None, None, None, None, [], None, None, False, False]
+                        txn = [OPEN, None, None, None, None, None, [], None, None, False,
+                               False, False, None]
                         txns.append(txn)  # the log began after MAIL FROM
                     arg = _rcpt(txn, _path(text) or text[8:].strip())
                 elif verb == "RSET":
@@ -1234,6 +1289,14 @@ def _interpret(s: list, buf: list | tuple, disconnected: bool) -> tuple:
                     txn = None
                 elif verb == "BDAT":
                     raise _Unusual
+                elif verb == "STAR" and text.upper().startswith("STARTTLS"):
+                    verb = "STARTTLS"
+                elif verb == "AUTH" and auth_ok is False:
+                    if len(notes) > checked:
+                        tls, auth_ok = _standing(notes, checked, tls, auth_ok)
+                        checked = len(notes)
+                    if auth_ok is False:
+                        auth_ok = None
                 pending.append((verb, arg))
             continue
         c = head[:1]
@@ -1404,7 +1467,8 @@ def _delivery(buf: list, base: int) -> tuple | None:
     ok = reply[:1] == "2"
     rows = [[address, address.lower(), reply, ok, None,
              "accepted" if ok else ("deferred" if reply[:1] == "4" else "refused")]]
-    txn = [OPEN, None, sender, None, base + t, None, rows, None, None, False, False]
+    txn = [OPEN, None, sender, None, base + t, None, rows, None, None, False, False, False,
+           None]
     txns = [txn]
     if rcpts:
         lines = rcpts.split("\n")
@@ -1448,8 +1512,15 @@ def _served(buf: list, base: int) -> tuple | None:
         t = _stamp(mail_at)
     if t < 0:
         return None
-    txn = [OPEN, None, sender, None, base + t, None, [], None, None, False, False]
+    txn = [OPEN, None, sender, None, base + t, None, [], None, None, False, False, False, None]
     txns = [txn]
+    if notes1:  # TLS or a login before MAIL FROM (a STARTTLS or AUTH exchange is not this shape)
+        low = notes1.lower()
+        if "tls" in low or "authenticated" in low:
+            tls, auth_ok = _standing([line[32:] for line in notes1.split("\n")[:-1]], 0, False,
+                                     None)
+            txn[T_TLS] = tls
+            txn[T_AUTH] = auth_ok if auth_ok.__class__ is str else None
     if reply[:1] != "2":
         t = stamps.get(reply_at)
         if t is None:
@@ -1461,7 +1532,8 @@ def _served(buf: list, base: int) -> tuple | None:
         txn[T_END] = base + t
     if to is not None:
         if txn[T_STATUS] != OPEN:
-            txn = [OPEN, None, None, None, None, None, [], None, None, False, False]
+            txn = [OPEN, None, None, None, None, None, [], None, None, False, False, False,
+                   None]
             txns.append(txn)  # (RCPT after a refused MAIL FROM)
         address = address or ("RCPT" + to)[8:].strip()
         if reply1[:1] == "2":
@@ -1473,7 +1545,8 @@ def _served(buf: list, base: int) -> tuple | None:
             lines = rcpts.split("\n")
             for i in range(0, len(lines) - 1, 2):
                 if txn[T_STATUS] != OPEN:
-                    txn = [OPEN, None, None, None, None, None, [], None, None, False, False]
+                    txn = [OPEN, None, None, None, None, None, [], None, None, False, False,
+                           False, None]
                     txns.append(txn)
                 text = lines[i][36:]
                 reply = lines[i + 1][36:]
@@ -1529,7 +1602,7 @@ def _summaries(txns: list, txn: list, fields: tuple, at: str, more: str, base: i
         sender, rcpt, size, status, msgid = fields
         if txn[T_MSGID] is not None and msgid and txn[T_MSGID] != msgid:
             txn = [OPEN, None, sender, None, now if direction is OUT else None, None, [], None,
-                   None, False, False]
+                   None, False, False, False, None]
             txns.append(txn)
         if txn[T_SENDER] is None:
             txn[T_SENDER] = sender
@@ -1637,6 +1710,24 @@ def _settle(txn: list, direction: str | None) -> str:
     return "rejected"
 
 
+def _standing(notes: list[str], start: int, tls: bool,
+              auth_ok: bool | str | None) -> tuple[bool, bool | str | None]:
+    """Session.text's reading of TLS and logins (``TLS established: …``, ``Authenticated as
+    USER``) over ``notes[start:]``: the session's (tls, auth_ok) after them."""
+    for i in range(start, len(notes)):
+        text = notes[i]
+        low = text.lower()
+        if "tls" not in low and "authenticated" not in low:
+            continue  # (both tests below need one of these words)
+        if fmt.tls_ok(text):
+            tls = True
+        if "authenticated" in low and auth_ok is not False:
+            user = fmt.parse_auth_user(text)
+            if user and "not authenticated" not in low:
+                auth_ok = user
+    return tls, auth_ok
+
+
 def _rebuild(s: list, buf: list | tuple, disconnected: bool) -> tuple:
     """The careful way for a session _interpret gave up on: session.Session, converted. Its
     times stay Whens (stamps of any shape); _seconds_of and Tally._hour_of read both."""
@@ -1648,7 +1739,8 @@ def _rebuild(s: list, buf: list | tuple, disconnected: bool) -> tuple:
     txns = [[t.status, t.msgid, t.sender, t.size, t.start, t.end,
              [[r.address, r.address.lower(), r.reply, r.accepted, r.route, r.status]
               for r in t.rcpts],
-             t.reason, t.reply, bool(t.summaries), any(x.status == "OK" for x in t.summaries)]
+             t.reason, t.reply, bool(t.summaries), any(x.status == "OK" for x in t.summaries),
+             t.tls, t.auth_user]
             for t in ses.txns]
     fallback = next((e for *_, e in reversed(ses.attempts) if e), None) or \
         next((e for *_, e in reversed(ses.mx) if e), None) or ses.reject
