@@ -37,6 +37,13 @@ def test_metrics_count_inbound_tls_auth_sessions_and_blocks(tmp_path: Path) -> N
             assert d.code("RCPT TO:<victim@elsewhere.test>") == 554  # and blocked: 421 follows
         daemon.wait_line("Blocked 127.0.0.81 for 3600 s: RELAY")
         m = scrape(daemon)
+        report = httpx.get(daemon.http_url + "api/report", timeout=10).json()
+        page = httpx.get(daemon.http_url + "report", timeout=10).text
+    # The report (API and page) counts the same sessions from the transaction log.
+    assert report["totals"]["messages_tls"] == 2
+    assert report["totals"]["messages_authenticated"] == 2
+    assert report["top_authenticated_users"] == [{"name": "alice@example.test", "count": 2}]
+    assert "Top authenticated users" in page and "over TLS" in page
     inbound = {labels: v for (name, labels), v in m.items()
                if name == "mailferry_tls_sessions_total" and ("direction", "inbound") in labels}
     assert inbound == {(("direction", "inbound"), ("version", "TLSv1.3")): 2.0}

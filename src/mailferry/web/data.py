@@ -147,7 +147,9 @@ class Data:
             delay_histogram=[models.Count(name=label, count=histogram[label])
                              for _, label in DELAY_BUCKETS],
             top_senders=top("top_senders"), top_recipients=top("top_recipients"),
-            top_clients=top("top_clients"), rejection_reasons=top("rejection_reasons"),
+            top_clients=top("top_clients"),
+            top_authenticated_users=top("top_authenticated_users"),
+            rejection_reasons=top("rejection_reasons"),
             delivery_failures=top("delivery_failures"), log=data["log"])
 
 

@@ -126,6 +126,8 @@ class Report(BaseModel):
     top_senders: list[Count]
     top_recipients: list[Count]
     top_clients: list[Count]
+    top_authenticated_users: list[Count] = Field(
+        default_factory=list, description="messages received per authenticated (AUTH) user")
     rejection_reasons: list[Count]
     delivery_failures: list[Count]
     log: dict[str, Any]
