@@ -25,7 +25,11 @@ import json
 import math
 import sys
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class SmtpFailure(Exception):
@@ -191,8 +195,18 @@ async def run_load(
                 with contextlib.suppress(OSError, TimeoutError):
                     await asyncio.wait_for(writer.wait_closed(), 5.0)
 
+    await drive_sessions(session, min(sessions, max(messages, 1)), total_timeout, result,
+                         note_error)
+    return result
+
+
+async def drive_sessions(session: Callable[[], Awaitable[None]], count: int,
+                         total_timeout: float, result: LoadResult | Any,
+                         note_error: Callable[[str], None]) -> None:
+    """Run ``count`` sessions at once, bounded by ``total_timeout``: what is still running then is
+    cancelled and the run marked ``timed_out``. Sets ``result.elapsed`` (shared by tlsload.py)."""
     began = time.perf_counter()
-    tasks = [asyncio.create_task(session()) for _ in range(min(sessions, max(messages, 1)))]
+    tasks = [asyncio.create_task(session()) for _ in range(count)]
     done, pending = await asyncio.wait(tasks, timeout=total_timeout)
     for task in pending:
         task.cancel()
@@ -203,16 +217,20 @@ async def run_load(
         if task.exception() is not None:
             note_error(repr(task.exception()))
     result.elapsed = time.perf_counter() - began
-    return result
 
 
-def run(host: str, port: int, **kwargs: object) -> LoadResult:
-    """``run_load`` in a fresh event loop (uvloop when installed)."""
+def in_fresh_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run a load coroutine in a fresh event loop (uvloop when installed)."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(run_load(host, port, **kwargs))  # type: ignore[arg-type]
-    return uvloop.run(run_load(host, port, **kwargs))  # type: ignore[arg-type]
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def run(host: str, port: int, **kwargs: object) -> LoadResult:
+    """``run_load`` in a fresh event loop."""
+    return in_fresh_loop(run_load(host, port, **kwargs))  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> int:

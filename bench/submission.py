@@ -55,6 +55,7 @@ from bench.accept import (  # noqa: E402
     DOMAIN,
     HOST,
     MailferryServer,
+    PostfixServer,
     _cpu_model,
     _fmt,
     _jsonable,
@@ -87,10 +88,8 @@ class Tls:
 # Servers -------------------------------------------------------------------------------------
 
 
-class PostfixSubmissionServer:
-    """A private Postfix submission server (tests/support/postfix_submission.py)."""
-
-    name = "postfix"
+class PostfixSubmissionServer(PostfixServer):
+    """accept.py's Postfix, as a submission server (tests/support/postfix_submission.py)."""
 
     def __init__(self, root: Path, tls: Tls, password: str) -> None:
         self.port = free_port(HOST)
@@ -99,21 +98,6 @@ class PostfixSubmissionServer:
             hostname="postfix.bench.test", cert_file=tls.cert, key_file=tls.key,
             logins={LOGIN: password},
         )
-
-    def start(self) -> None:
-        self.instance.start()
-
-    def stop(self) -> None:
-        self.instance.stop()
-
-    def maildir(self) -> Path:
-        return self.instance.maildir("user")
-
-    def diagnostics(self) -> str:
-        return self.instance.maillog_tail(20)
-
-    def version(self) -> str:
-        return self.instance.version()
 
 
 MAILFERRY_SUBMISSION_CONFIG = """\

@@ -53,7 +53,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.loadclient import SmtpFailure, make_message  # noqa: E402
+from bench.loadclient import (  # noqa: E402
+    SmtpFailure,
+    drive_sessions,
+    in_fresh_loop,
+    make_message,
+)
 
 AUTH_MECHANISMS = ("plain", "login")
 
@@ -289,28 +294,14 @@ async def run_load(
         while (seq := take()) is not None:
             await submit(seq)
 
-    began = time.perf_counter()
-    tasks = [asyncio.create_task(session()) for _ in range(min(sessions, max(messages, 1)))]
-    done, pending = await asyncio.wait(tasks, timeout=total_timeout)
-    for task in pending:
-        task.cancel()
-    if pending:
-        result.timed_out = True
-        await asyncio.gather(*pending, return_exceptions=True)
-    for task in done:
-        if task.exception() is not None:
-            note_error(repr(task.exception()))
-    result.elapsed = time.perf_counter() - began
+    await drive_sessions(session, min(sessions, max(messages, 1)), total_timeout, result,
+                         note_error)
     return result
 
 
 def run(host: str, port: int, **kwargs: object) -> TlsLoadResult:
     """``run_load`` in a fresh event loop (uvloop when installed)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(run_load(host, port, **kwargs))  # type: ignore[arg-type]
-    return uvloop.run(run_load(host, port, **kwargs))  # type: ignore[arg-type]
+    return in_fresh_loop(run_load(host, port, **kwargs))  # type: ignore[arg-type]
 
 
 def is_loopback(host: str) -> bool:
