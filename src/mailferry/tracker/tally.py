@@ -1072,13 +1072,7 @@ def _interpret(s: list, buf: list | tuple, disconnected: bool) -> tuple:
             txns.append(txn)
             pending.append(("MAIL", txn))
             if direction is IN:
-                if len(notes) > checked:
-                    tls, auth_ok = _standing(notes, checked, tls, auth_ok)
-                    checked = len(notes)
-                if tls:
-                    txn[T_TLS] = True
-                if auth_ok.__class__ is str:
-                    txn[T_AUTH] = auth_ok
+                checked, tls, auth_ok = _mark_standing(txn, notes, checked, tls, auth_ok)
             continue
         elif a == A_RCPT:
             last = x
@@ -1269,13 +1263,8 @@ def _interpret(s: list, buf: list | tuple, disconnected: bool) -> tuple:
                                  False, False, False, None]
                     txns.append(txn)
                     if direction is IN:
-                        if len(notes) > checked:
-                            tls, auth_ok = _standing(notes, checked, tls, auth_ok)
-                            checked = len(notes)
-                        if tls:
-                            txn[T_TLS] = True
-                        if auth_ok.__class__ is str:
-                            txn[T_AUTH] = auth_ok
+                        checked, tls, auth_ok = _mark_standing(txn, notes, checked, tls,
+                                                               auth_ok)
                 elif verb == "RCPT":
                     if txn is None or txn[T_STATUS] != OPEN:
                         txn = [OPEN, None, None, None, None, None, [], None, None, False,
@@ -1726,6 +1715,20 @@ def _standing(notes: list[str], start: int, tls: bool,
             if user and "not authenticated" not in low:
                 auth_ok = user
     return tls, auth_ok
+
+
+def _mark_standing(txn: list, notes: list[str], checked: int, tls: bool,
+                   auth_ok: bool | str | None) -> tuple[int, bool, bool | str | None]:
+    """At MAIL FROM in a served session: read the notes not read yet, then mark the transaction
+    with the session's TLS and login as they stand. Returns (checked, tls, auth_ok)."""
+    if len(notes) > checked:
+        tls, auth_ok = _standing(notes, checked, tls, auth_ok)
+        checked = len(notes)
+    if tls:
+        txn[T_TLS] = True
+    if auth_ok.__class__ is str:
+        txn[T_AUTH] = auth_ok
+    return checked, tls, auth_ok
 
 
 def _rebuild(s: list, buf: list | tuple, disconnected: bool) -> tuple:
